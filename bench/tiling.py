@@ -1,0 +1,127 @@
+"""Benchmark: `osteomics tile` throughput against a plain OpenSlide read loop (the ceiling).
+
+Builds mosaic slides (pyramidal tiled JPEG TIFF, 1 µm/px) from the real TCIA osteosarcoma
+tiles in ../shared/data/osteosarcoma-tiles, then, in the same run and on the same tiles:
+
+- ceiling: a plain ``OpenSlide.read_region`` loop over the tile coordinates, split over the
+  same number of processes (a multiprocessing pool, started before the clock);
+- osteomics: ``tile_slides`` on a Dask LocalCluster of the same number of worker processes
+  (started before the clock): thumbnail, tissue detection, grid, hashing, reads and zarr writes.
+
+It also reports peak memory per worker for two slide sizes (it must not grow with the slide)
+and checks that both runs saw the same tiles. The last line is the ratio.
+
+Usage: python bench/tiling.py [--workers 2] [--cells 20] [--small-cells 10] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from osteomics.wsi.labelled import read_labelled_folder
+from osteomics.wsi.mosaic import build_mosaic_slide, random_layout
+from osteomics.wsi.tiling import TilingParameters, dask_client, tile_slides
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "osteosarcoma-tiles"
+CACHE = Path(__file__).resolve().parent / "out"
+
+
+def build_slide(cells: int, seed: int) -> Path:
+    """A cells x cells mosaic of 1024 px cells at 1 µm/px (cached between runs)."""
+    path = CACHE / f"mosaic-{cells}x{cells}-seed{seed}.tiff"
+    if not path.exists():
+        tiles = read_labelled_folder(DATA)
+        layout = random_layout(tiles, cells, cells, glass_fraction=0.25, seed=seed)
+        t0 = time.perf_counter()
+        build_mosaic_slide(path, layout, source_mpp=1.0, cell_px=1024, seed=seed)
+        print(f"built {path.name} in {time.perf_counter() - t0:.1f} s")
+    return path
+
+
+_slide = None
+
+
+def _open_for_loop(path: str) -> None:
+    global _slide
+    import openslide
+
+    _slide = openslide.OpenSlide(path)
+
+
+def _read_loop(coords: list[tuple[int, int]], tile_px: int) -> int:
+    assert _slide is not None
+    for x, y in coords:
+        _slide.read_region((x, y), 0, (tile_px, tile_px))
+    return len(coords)
+
+
+def ceiling_tiles_per_s(path: Path, coords: np.ndarray, workers: int, tile_px: int) -> float:
+    """Plain OpenSlide read_region loop over the same tiles, split over `workers` processes."""
+    chunks = [
+        [tuple(map(int, c)) for c in part] for part in np.array_split(coords, workers * 8)
+    ]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_open_for_loop, initargs=(str(path),)) as pool:
+        pool.starmap(_read_loop, [([tuple(map(int, coords[0]))], tile_px)] * workers)  # warm
+        t0 = time.perf_counter()
+        n = sum(pool.starmap(_read_loop, [(c, tile_px) for c in chunks]))
+        elapsed = time.perf_counter() - t0
+    return n / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cells", type=int, default=20, help="mosaic side in 1024 px cells")
+    parser.add_argument("--small-cells", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    big = build_slide(args.cells, seed=1)
+    small = build_slide(args.small_cells, seed=2)
+    params = TilingParameters(target_mpp=1.0, tile_px=256, min_tissue=0.5)
+    ours, ceiling, peaks = [], [], {}
+    with dask_client(args.workers) as client:
+        for repeat in range(args.repeat):
+            for label, slide in (("big", big), ("small", small)):
+                out = Path(tempfile.mkdtemp(prefix="osteomics-bench-", dir=CACHE))
+                t0 = time.perf_counter()
+                run = tile_slides([slide], out, params, client=client)
+                elapsed = time.perf_counter() - t0
+                result = run.results[0]
+                assert result.status == "ok", result.reason
+                peaks.setdefault(label, []).append(result.peak_worker_rss_mb or 0.0)
+                if label == "big":
+                    table = pd.read_parquet(out / result.slide / "tiles.parquet")
+                    coords = table[["x_px", "y_px"]].to_numpy()
+                    ours.append(result.n_tiles / elapsed)
+                    ceiling.append(
+                        ceiling_tiles_per_s(slide, coords, args.workers, params.tile_px)
+                    )
+                    print(
+                        f"repeat {repeat}: {result.n_tiles} tissue tiles; osteomics "
+                        f"{ours[-1]:.0f} tiles/s, OpenSlide read loop {ceiling[-1]:.0f} tiles/s"
+                    )
+                shutil.rmtree(out, ignore_errors=True)
+    ours_med, ceiling_med = statistics.median(ours), statistics.median(ceiling)
+    print(f"slide sizes: big {args.cells * 1024} px square, small {args.small_cells * 1024} px")
+    print(
+        f"peak RSS per worker (MB): big {max(peaks['big']):.0f}, small {max(peaks['small']):.0f} "
+        f"(ratio big/small {max(peaks['big']) / max(peaks['small']):.2f})"
+    )
+    print(f"osteomics tile: {ours_med:.0f} tiles/s; ceiling: {ceiling_med:.0f} tiles/s "
+          f"({args.workers} workers, median of {args.repeat})")
+    print(f"ratio osteomics/ceiling = {ours_med / ceiling_med:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Errors of the pathology room.
+
+Each also inherits the matching builtin, so ``except FileNotFoundError`` still works.
+Messages name the file and say what to do.
+"""
+
+from __future__ import annotations
+
+from osteomics import OsteomicsError
+
+
+class WsiError(OsteomicsError):
+    """Base of whole-slide errors."""
+
+
+class SlideNotFoundError(WsiError, FileNotFoundError):
+    """The slide path does not exist."""
+
+
+class NotASlideError(WsiError, ValueError):
+    """No installed slide reader can open the file (not a slide, or an unsupported format)."""
+
+
+class SlideReadError(WsiError, OSError):
+    """The slide opened but its pixel data could not be decoded (corrupt or truncated file)."""
+
+
+class MissingMppError(WsiError, ValueError):
+    """The slide does not say how many µm a pixel is; pass an override."""
+
+
+class ResolutionError(WsiError, ValueError):
+    """The requested µm/px cannot be served by the slide (finer than its finest level)."""
+
+
+class NoTissueError(WsiError, ValueError):
+    """Tissue detection found no tissue, or no tile reached the minimum tissue fraction."""
+
+
+class OutputNotWritableError(WsiError, PermissionError):
+    """The output folder cannot be created or written."""
+
+
+class UnknownBackendError(WsiError, ValueError):
+    """The requested slide reader is not installed."""

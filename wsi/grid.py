@@ -1,0 +1,170 @@
+"""Tile grids at a target resolution in µm/px, never "a level".
+
+A :class:`TileGrid` lays square tiles of ``tile_px`` pixels at ``target_mpp`` µm/px over the
+slide. Pixels are read from the pyramid level just finer than the target (the coarsest level
+whose µm/px is at most the target) and resampled to ``tile_px``. Within
+``SAME_RESOLUTION_TOLERANCE`` a level counts as the target itself and is read without
+resampling (a 0.499 µm/px scan serves a 0.5 µm/px request as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from osteomics.wsi.errors import NoTissueError, ResolutionError
+from osteomics.wsi.slide import SlideInfo
+from osteomics.wsi.tissue import TissueMask
+
+#: Relative µm/px difference under which a level is read as if it were the target.
+SAME_RESOLUTION_TOLERANCE = 0.02
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles of one slide at one resolution, with their tissue fraction.
+
+    Attributes
+    ----------
+    target_mpp:
+        Requested µm/px of the output tiles.
+    tile_px, overlap_px:
+        Output tile side and overlap between neighbours, in output pixels.
+    read_level:
+        Pyramid level the pixels are read from.
+    read_px:
+        Tile side in pixels of ``read_level`` (resampled to ``tile_px`` when different).
+    tile_um:
+        Tile side in µm (``read_px`` x the read level's µm/px).
+    x_px, y_px:
+        Level-0 top-left corners of the kept tiles, int64 arrays of equal length, row-major.
+    tissue_fraction:
+        Fraction of each kept tile covered by tissue, float32.
+    """
+
+    slide_mpp: float
+    target_mpp: float
+    tile_px: int
+    overlap_px: int
+    read_level: int
+    read_downsample: float
+    read_px: int
+    tile_um: float
+    x_px: np.ndarray
+    y_px: np.ndarray
+    tissue_fraction: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x_px)
+
+    @property
+    def needs_resampling(self) -> bool:
+        return self.read_px != self.tile_px
+
+    @property
+    def read_mpp(self) -> float:
+        return self.slide_mpp * self.read_downsample
+
+
+def choose_read_level(info: SlideInfo, target_mpp: float) -> int:
+    """Index of the coarsest level whose µm/px is at most ``target_mpp`` (within tolerance).
+
+    Raises
+    ------
+    ResolutionError
+        The target is finer than the slide's finest level.
+    """
+    mpp0 = info.require_mpp()
+    best = None
+    for level in info.levels:
+        level_mpp = mpp0 * level.downsample
+        if level_mpp <= target_mpp * (1 + SAME_RESOLUTION_TOLERANCE):
+            best = level.index
+    if best is None:
+        raise ResolutionError(
+            f"{info.path}: target {target_mpp} µm/px is finer than the slide's finest level "
+            f"({mpp0:.4g} µm/px); osteomics does not invent detail by upsampling. "
+            f"Choose --mpp {mpp0:.4g} or coarser."
+        )
+    return best
+
+
+def make_tile_grid(
+    info: SlideInfo,
+    tissue: TissueMask,
+    target_mpp: float = 1.0,
+    tile_px: int = 256,
+    overlap_px: int = 0,
+    min_tissue: float = 0.5,
+) -> TileGrid:
+    """Lay a grid of tiles over the slide and keep those with enough tissue.
+
+    Parameters
+    ----------
+    info:
+        The slide (its level-0 µm/px must be known).
+    tissue:
+        Tissue mask of the slide (from :func:`osteomics.wsi.tissue.detect_tissue`).
+    target_mpp:
+        Output resolution in µm/px.
+    tile_px, overlap_px:
+        Output tile side and overlap in output pixels; ``0 <= overlap_px < tile_px``.
+    min_tissue:
+        Keep tiles whose tissue fraction is at least this (0..1).
+
+    Raises
+    ------
+    ResolutionError, NoTissueError, ValueError
+    """
+    if tile_px < 8:
+        raise ValueError(f"tile size {tile_px} px is too small (8 px at least)")
+    if not 0 <= overlap_px < tile_px:
+        raise ValueError(f"overlap {overlap_px} px must be >= 0 and smaller than the tile")
+    if not 0.0 <= min_tissue <= 1.0:
+        raise ValueError(f"minimum tissue fraction {min_tissue} must be between 0 and 1")
+    mpp0 = info.require_mpp()
+    level_index = choose_read_level(info, target_mpp)
+    level = info.levels[level_index]
+    scale = target_mpp / (mpp0 * level.downsample)  # read-level px per output px
+    if abs(scale - 1.0) <= SAME_RESOLUTION_TOLERANCE:
+        scale = 1.0
+    read_px = round(tile_px * scale)
+    stride_read = (tile_px - overlap_px) * scale
+    n_x = int((level.width_px - read_px) // stride_read) + 1 if level.width_px >= read_px else 0
+    n_y = int((level.height_px - read_px) // stride_read) + 1 if level.height_px >= read_px else 0
+    if n_x == 0 or n_y == 0:
+        raise NoTissueError(
+            f"{info.path}: the slide ({level.width_px} x {level.height_px} px at level "
+            f"{level_index}) is smaller than one tile ({read_px} px); use a smaller --tile-px "
+            "or a finer --mpp"
+        )
+    # Positions in read-level pixels, then level-0; rounding once keeps both readers aligned.
+    xs_level = np.round(np.arange(n_x) * stride_read).astype(np.int64)
+    ys_level = np.round(np.arange(n_y) * stride_read).astype(np.int64)
+    grid_y, grid_x = np.meshgrid(ys_level, xs_level, indexing="ij")
+    x_level, y_level = grid_x.ravel(), grid_y.ravel()
+    x_px = np.round(x_level * level.downsample).astype(np.int64)
+    y_px = np.round(y_level * level.downsample).astype(np.int64)
+    side_px = read_px * level.downsample
+    fraction = tissue.fraction_in_boxes(x_px, y_px, side_px)
+    keep = fraction >= min_tissue if min_tissue > 0 else np.ones_like(fraction, dtype=bool)
+    if not keep.any():
+        raise NoTissueError(
+            f"{info.path}: no tile of {read_px * mpp0 * level.downsample:.0f} µm has at least "
+            f"{min_tissue:.0%} tissue (tissue covers {tissue.tissue_fraction:.1%} of the slide). "
+            "Check the tissue mask (tissue.png) or lower --min-tissue."
+        )
+    return TileGrid(
+        slide_mpp=mpp0,
+        target_mpp=target_mpp,
+        tile_px=tile_px,
+        overlap_px=overlap_px,
+        read_level=level_index,
+        read_downsample=level.downsample,
+        read_px=read_px,
+        tile_um=read_px * mpp0 * level.downsample,
+        x_px=x_px[keep],
+        y_px=y_px[keep],
+        tissue_fraction=fraction[keep].astype(np.float32),
+    )
