@@ -66,9 +66,7 @@ def _read_loop(coords: list[tuple[int, int]], tile_px: int) -> int:
 
 def ceiling_tiles_per_s(path: Path, coords: np.ndarray, workers: int, tile_px: int) -> float:
     """Plain OpenSlide read_region loop over the same tiles, split over `workers` processes."""
-    chunks = [
-        [tuple(map(int, c)) for c in part] for part in np.array_split(coords, workers * 8)
-    ]
+    chunks = [[tuple(map(int, c)) for c in part] for part in np.array_split(coords, workers * 8)]
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_open_for_loop, initargs=(str(path),)) as pool:
         pool.starmap(_read_loop, [([tuple(map(int, coords[0]))], tile_px)] * workers)  # warm
@@ -104,9 +102,7 @@ def main() -> None:
                     table = pd.read_parquet(out / result.slide / "tiles.parquet")
                     coords = table[["x_px", "y_px"]].to_numpy()
                     ours.append(result.n_tiles / elapsed)
-                    ceiling.append(
-                        ceiling_tiles_per_s(slide, coords, args.workers, params.tile_px)
-                    )
+                    ceiling.append(ceiling_tiles_per_s(slide, coords, args.workers, params.tile_px))
                     print(
                         f"repeat {repeat}: {result.n_tiles} tissue tiles; osteomics "
                         f"{ours[-1]:.0f} tiles/s, OpenSlide read loop {ceiling[-1]:.0f} tiles/s"
@@ -118,8 +114,10 @@ def main() -> None:
         f"peak RSS per worker (MB): big {max(peaks['big']):.0f}, small {max(peaks['small']):.0f} "
         f"(ratio big/small {max(peaks['big']) / max(peaks['small']):.2f})"
     )
-    print(f"osteomics tile: {ours_med:.0f} tiles/s; ceiling: {ceiling_med:.0f} tiles/s "
-          f"({args.workers} workers, median of {args.repeat})")
+    print(
+        f"osteomics tile: {ours_med:.0f} tiles/s; ceiling: {ceiling_med:.0f} tiles/s "
+        f"({args.workers} workers, median of {args.repeat})"
+    )
     print(f"ratio osteomics/ceiling = {ours_med / ceiling_med:.2f}")
 
 

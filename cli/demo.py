@@ -25,7 +25,9 @@ def demo(
     params = TilingParameters(target_mpp=2.0, tile_px=256, min_tissue=0.5)
     run = run_with_progress([s.path for s in slides], out / "tiles", params, workers, None)
     report(run, as_json=False)
-    typer.echo(f"open {out / 'tiles'} to see thumbnails, tissue masks and tiles; run.json has "
-               "the provenance")
+    typer.echo(
+        f"open {out / 'tiles'} to see thumbnails, tissue masks and tiles; run.json has "
+        "the provenance"
+    )
     if not run.ok:
         raise typer.Exit(1)

@@ -29,8 +29,10 @@ def info(
 
     console = Console()
     d = description
-    mpp = f"{d['mpp_x']:.4f} x {d['mpp_y']:.4f} µm/px ({d['mpp_source']})" if d["mpp_x"] else (
-        f"unknown{' - ' + d['mpp_note'] if d['mpp_note'] else ''}"
+    mpp = (
+        f"{d['mpp_x']:.4f} x {d['mpp_y']:.4f} µm/px ({d['mpp_source']})"
+        if d["mpp_x"]
+        else (f"unknown{' - ' + d['mpp_note'] if d['mpp_note'] else ''}")
     )
     console.print(f"[bold]{d['path']}[/bold]")
     console.print(f"  vendor: {d['vendor'] or 'unknown'}   reader: {d['backend']}")

@@ -61,7 +61,7 @@ def run_with_progress(
 ) -> TilingRun:
     """Run the tiling with a progress bar on stderr (stdout stays clean for --json)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
     console = Console(stderr=True)
     with Progress(
@@ -72,7 +72,7 @@ def run_with_progress(
         console=console,
         transient=False,
     ) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def on_progress(event: SlideProgress) -> None:
             if event.slide not in tasks:
@@ -81,7 +81,8 @@ def run_with_progress(
             bar.update(
                 tasks[event.slide],
                 completed=event.tiles_done,
-                total=max(event.tiles_total, 1) if event.status != "running" or event.tiles_total
+                total=max(event.tiles_total, 1)
+                if event.status != "running" or event.tiles_total
                 else None,
                 description=label,
             )

@@ -80,7 +80,9 @@ def discover_plugins(kind: str | None = None) -> tuple[list[Plugin], list[Plugin
             continue
         if not isinstance(obj, Plugin):
             failures.append(
-                PluginLoadFailure(ep.name, ep.value, "entry point is not an osteomics Plugin object")
+                PluginLoadFailure(
+                    ep.name, ep.value, "entry point is not an osteomics Plugin object"
+                )
             )
             continue
         if kind is None or obj.kind == kind:

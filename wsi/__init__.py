@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from osteomics.wsi.errors import (
     MissingMppError,
-    NoTissueError,
     NotASlideError,
+    NoTissueError,
     OutputNotWritableError,
     SlideReadError,
     WsiError,

@@ -141,7 +141,7 @@ def build_mosaic_slide(
         raise ValueError("every layout row must have the same number of cells")
     if cell_px < tile_px or cell_px & (cell_px - 1):
         raise ValueError(
-            f"cell size {cell_px} px must be a power of two of at least the TIFF tile ({tile_px} px)"
+            f"cell size {cell_px} px must be a power of two, at least a TIFF tile ({tile_px})"
         )
     width, height = cols * cell_px, rows * cell_px
     rng = random.Random(seed)
@@ -156,10 +156,18 @@ def build_mosaic_slide(
                 source_sides.add(max(im.size))
             cells.append(
                 MosaicCell(
-                    r, c, c * cell_px, r * cell_px, cell_px, tile.label,
-                    source=tile.path.name, source_sha256=_sha256(tile.path),
-                    case=tile.case, slide=tile.slide,
-                    rotation_90=rng.randrange(4), flipped=rng.random() < 0.5,
+                    r,
+                    c,
+                    c * cell_px,
+                    r * cell_px,
+                    cell_px,
+                    tile.label,
+                    source=tile.path.name,
+                    source_sha256=_sha256(tile.path),
+                    case=tile.case,
+                    slide=tile.slide,
+                    rotation_90=rng.randrange(4),
+                    flipped=rng.random() < 0.5,
                 )
             )
     if len(source_sides) > 1:

@@ -15,8 +15,21 @@ import osteomics
 
 #: Distributions whose versions every run records.
 RECORDED_DISTRIBUTIONS = (
-    "numpy", "scipy", "scikit-image", "pillow", "openslide-python", "openslide-bin", "tiffslide",
-    "tifffile", "imagecodecs", "wsidicom", "pydicom", "zarr", "dask", "distributed", "pandas",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "pillow",
+    "openslide-python",
+    "openslide-bin",
+    "tiffslide",
+    "tifffile",
+    "imagecodecs",
+    "wsidicom",
+    "pydicom",
+    "zarr",
+    "dask",
+    "distributed",
+    "pandas",
     "pyarrow",
 )
 
@@ -58,9 +71,7 @@ def sha256_file(path: Path, chunk_bytes: int = 4 << 20) -> str:
 
 def file_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """Name, size and SHA-256 of each file."""
-    return [
-        {"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in paths
-    ]
+    return [{"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in paths]
 
 
 def quick_fingerprint(paths: Iterable[Path]) -> list[list[Any]]:

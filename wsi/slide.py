@@ -234,8 +234,8 @@ class Slide(ABC):
         """Read a downsampled view of the whole slide by exact block averaging.
 
         Picks the coarsest level whose longer side is still at least ``max_side_px``, then
-        averages blocks of ``f x f`` pixels (f an integer, Pillow's ``reduce``) in strips, so memory is
-        bounded and the result is the same whatever backend reads the slide.
+        averages blocks of ``f x f`` pixels (f an integer, Pillow's ``reduce``) in strips, so
+        memory is bounded and the result is the same whatever backend reads the slide.
 
         Returns
         -------
@@ -327,8 +327,9 @@ def _make_info(
                 f"give a value between {PLAUSIBLE_MPP_RANGE[0]} and {PLAUSIBLE_MPP_RANGE[1]}"
             )
         if mpp_x is not None:
-            log.info("%s: mpp %.4f from metadata overridden by %.4f", source.name, mpp_x,
-                     mpp_override)
+            log.info(
+                "%s: mpp %.4f from metadata overridden by %.4f", source.name, mpp_x, mpp_override
+            )
         mpp_x = mpp_y = float(mpp_override)
         source_kind = "override"
     levels = tuple(
@@ -413,9 +414,8 @@ def open_slide(
                 continue
             return cls(source, mpp_override)
         except NotASlideError as exc:
-            reasons.append(f"{name}: {exc.__cause__ and _short(exc.__cause__) or exc}")
+            reasons.append(f"{name}: {(exc.__cause__ and _short(exc.__cause__)) or exc}")
     raise NotASlideError(
         f"{source.path}: no slide reader can open it ({'; '.join(reasons)}). "
         "Check that it is a whole-slide image (SVS, NDPI, MRXS, SCN, tiled TIFF, DICOM WSI)."
     )
-

@@ -18,8 +18,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SLIDE_SUFFIXES = frozenset(
-    {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
-     ".dcm", ".isyntax", ".czi"}
+    {
+        ".svs",
+        ".tif",
+        ".tiff",
+        ".ndpi",
+        ".vms",
+        ".vmu",
+        ".scn",
+        ".mrxs",
+        ".svslide",
+        ".bif",
+        ".dcm",
+        ".isyntax",
+        ".czi",
+    }
 )
 VL_WHOLE_SLIDE_MICROSCOPY_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
@@ -95,7 +108,9 @@ def find_slides(paths: list[Path]) -> tuple[list[SlideSource], list[IgnoredFile]
             continue
         if given.is_dir():
             for p in sorted(given.rglob("*")):
-                if not p.is_file() or any(part.startswith(".") for part in p.relative_to(given).parts):
+                if not p.is_file() or any(
+                    part.startswith(".") for part in p.relative_to(given).parts
+                ):
                     continue
                 suffix = p.suffix.lower()
                 if suffix == ".dcm":
@@ -105,7 +120,9 @@ def find_slides(paths: list[Path]) -> tuple[list[SlideSource], list[IgnoredFile]
                 elif p.parent.with_suffix(".mrxs").is_file():
                     continue  # MIRAX data folder next to its .mrxs file
                 else:
-                    ignored.append(IgnoredFile(p, f"not a slide format ({suffix or 'no extension'})"))
+                    ignored.append(
+                        IgnoredFile(p, f"not a slide format ({suffix or 'no extension'})")
+                    )
             continue
         # Does not exist: keep it, so the run reports it as an error row naming the path.
         singles.append(given)

@@ -44,19 +44,25 @@ def write_tile_batch(path: Path, first_tile: int, tiles: np.ndarray) -> None:
     """Write ``tiles`` (n, h, w, 3) starting at ``first_tile``, which must start a chunk."""
     import zarr
     from zarr.codecs import BytesCodec
+    from zarr.core.metadata import ArrayV3Metadata
 
     array = zarr.open_array(str(path), mode="r+", config={"write_empty_chunks": True})
     chunk_tiles = array.chunks[0]
     if first_tile % chunk_tiles:
         raise ValueError(f"batch at tile {first_tile} does not start a chunk of {chunk_tiles}")
     metadata = array.metadata
-    raw = getattr(metadata, "codecs", None)
-    if raw is None or len(raw) != 1 or not isinstance(raw[0], BytesCodec):
+    raw_bytes_only = (
+        isinstance(metadata, ArrayV3Metadata)
+        and len(metadata.codecs) == 1
+        and isinstance(metadata.codecs[0], BytesCodec)
+    )
+    if not raw_bytes_only:
         array[first_tile : first_tile + len(tiles)] = tiles
         return
     chunk = np.zeros(array.chunks, dtype=np.uint8) if len(tiles) < chunk_tiles else tiles
     if chunk is not tiles:
         chunk[: len(tiles)] = tiles
+    assert isinstance(metadata, ArrayV3Metadata)
     key = metadata.chunk_key_encoding.encode_chunk_key((first_tile // chunk_tiles, 0, 0, 0))
     target = Path(path) / key
     target.parent.mkdir(parents=True, exist_ok=True)

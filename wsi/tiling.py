@@ -4,9 +4,10 @@ Per slide, a *plan* task reads the thumbnail, finds tissue and lays the :class:`
 Then one *batch* task per zarr chunk reads ``batch_tiles`` tiles and writes that chunk itself,
 so pixels never travel back through the scheduler and a task's memory is bounded by one
 batch; alongside them an *extras* task writes ``thumbnail.png``, ``tissue.png`` and
-``tiles.parquet`` and hashes the input, all into a staging folder. When every batch is in, ``slide.json`` (the completion marker) is written
-and the staging folder is renamed into place: a folder without ``slide.json`` is never a
-result, and a crash or Ctrl-C leaves nothing that looks complete.
+``tiles.parquet`` and hashes the input, all into a staging folder. When every batch is in,
+``slide.json`` (the completion marker) is written and the staging folder is renamed into
+place: a folder without ``slide.json`` is never a result, and a crash or Ctrl-C leaves
+nothing that looks complete.
 
 Resume: a slide whose ``slide.json`` records the same parameters and the same input files
 (path, size, modification time) is skipped.
@@ -297,9 +298,7 @@ def _plan_slide(source: SlideSource, params: TilingParameters, staging: str) -> 
     )
 
 
-def _write_extras(
-    source: SlideSource, planned: _Planned, staging: str
-) -> list[dict[str, Any]]:
+def _write_extras(source: SlideSource, planned: _Planned, staging: str) -> list[dict[str, Any]]:
     """PNGs, tile table and input hashes, in parallel with the tile batches."""
     from PIL import Image
 
@@ -611,8 +610,11 @@ def _finish(
         _write_json_atomic(state.staging / COMPLETION_MARKER, marker)
         _replace_dir(state.staging, final)
     except OSError as exc:
-        _fail(state, f"cannot write results to {final}: {exc}; free space or choose another --out",
-              progress)
+        _fail(
+            state,
+            f"cannot write results to {final}: {exc}; free space or choose another --out",
+            progress,
+        )
         return
     if progress:
         progress(SlideProgress(state.source.name, r.n_tiles, r.n_tiles, "ok"))

@@ -50,9 +50,7 @@ class TissueMask:
     def tissue_fraction(self) -> float:
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def fraction_in_boxes(
-        self, x_px: np.ndarray, y_px: np.ndarray, side_px: float
-    ) -> np.ndarray:
+    def fraction_in_boxes(self, x_px: np.ndarray, y_px: np.ndarray, side_px: float) -> np.ndarray:
         """Tissue fraction inside square boxes given in level-0 pixels (vectorised).
 
         Uses a summed-area table; a box covering part of a mask pixel counts that pixel
