@@ -15,6 +15,8 @@ Resume: a slide whose ``slide.json`` records the same parameters and the same in
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import logging
 import os
@@ -76,7 +78,7 @@ class TilingParameters:
     min_tissue: float = 0.5
     backend: str = "auto"
     mpp_override: float | None = None
-    thumbnail_px: int = 2048
+    thumbnail_px: int = 1024
     batch_tiles: int = 64
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,6 +246,35 @@ def _peak_rss_mb() -> float:
 
 
 @dataclass(frozen=True)
+class _TaskFailure:
+    """An expected, explained failure (an OsteomicsError) returned by a task, not raised.
+
+    Raising would make every worker log a traceback for what is a user's problem (a corrupt
+    slide, a missing mpp); the reason reaches run.json and the CLI instead.
+    """
+
+    reason: str
+
+
+def _explained_failures(task: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(task)
+    def run(*args: Any) -> Any:
+        try:
+            return task(*args)
+        except OsteomicsError as exc:
+            return _TaskFailure(str(exc))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                return _TaskFailure(
+                    f"no space left on the device ({exc.filename or ''}); free space or "
+                    "choose another --out"
+                )
+            raise
+
+    return run
+
+
+@dataclass(frozen=True)
 class _Planned:
     backend: str
     mpp: float
@@ -258,6 +289,7 @@ class _Planned:
     tile_table: Any
 
 
+@_explained_failures
 def _plan_slide(source: SlideSource, params: TilingParameters, staging: str) -> _Planned:
     """Thumbnail, tissue mask and tile grid; creates the empty tile array."""
     slide = _worker_slide(source, params.backend, params.mpp_override)
@@ -298,6 +330,7 @@ def _plan_slide(source: SlideSource, params: TilingParameters, staging: str) -> 
     )
 
 
+@_explained_failures
 def _write_extras(source: SlideSource, planned: _Planned, staging: str) -> list[dict[str, Any]]:
     """PNGs, tile table and input hashes, in parallel with the tile batches."""
     from PIL import Image
@@ -353,6 +386,7 @@ def read_tiles(
     return out
 
 
+@_explained_failures
 def _tile_batch(
     source: SlideSource,
     params: TilingParameters,
@@ -503,6 +537,8 @@ def _run_on_client(
                 continue  # a sibling task already failed this slide
             try:
                 value = fut.result()
+                if isinstance(value, _TaskFailure):
+                    raise OsteomicsError(value.reason)
             except Exception as exc:
                 _fail(state, _reason(exc), progress)
                 client.cancel([f for f in state.futures if not f.done()])
@@ -624,7 +660,7 @@ def _fail(state: _SlideState, reason: str, progress: ProgressCallback | None) ->
     state.result.status = "error"
     state.result.reason = reason
     state.result.seconds = round(time.perf_counter() - state.started, 3)
-    log.warning("%s: %s", state.source.name, reason)
+    log.info("%s: %s", state.source.name, reason)  # the CLI reports it once, at the end
     shutil.rmtree(state.staging, ignore_errors=True)
     if progress:
         progress(SlideProgress(state.source.name, state.tiles_done, state.tiles_done, "error"))
@@ -633,7 +669,7 @@ def _fail(state: _SlideState, reason: str, progress: ProgressCallback | None) ->
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, OsteomicsError):
         return str(exc)
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"no space left on the device: {exc}; free space or choose another --out"
     return f"unexpected {type(exc).__name__}: {exc} (please report this with run.json)"
 
