@@ -7,6 +7,9 @@ tiles in ../shared/data/osteosarcoma-tiles, then, in the same run and on the sam
   same number of processes (a multiprocessing pool, started before the clock);
 - osteomics: ``tile_slides`` on a Dask LocalCluster of the same number of worker processes
   (started before the clock): thumbnail, tissue detection, grid, hashing, reads and zarr writes.
+  Measured twice: as shipped (stored JPEG tiles that coincide with a requested tile are decoded
+  directly, verified against OpenSlide: plugins/tiff_tiles.py), and with that shortcut off
+  (every pixel through OpenSlide's read_region, ``OSTEOMICS_DIRECT_TILE_DECODE=0``).
 
 It also reports peak memory per worker for two slide sizes (it must not grow with the slide)
 and checks that both runs saw the same tiles. The last line is the ratio.
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -87,38 +92,56 @@ def main() -> None:
     big = build_slide(args.cells, seed=1)
     small = build_slide(args.small_cells, seed=2)
     params = TilingParameters(target_mpp=1.0, tile_px=256, min_tissue=0.5)
-    ours, ceiling, peaks = [], [], {}
-    with dask_client(args.workers) as client:
+    ours, ours_openslide_only, ceiling, peaks = [], [], [], {}
+    os.environ["OSTEOMICS_DIRECT_TILE_DECODE"] = "0"  # inherited by this cluster's workers
+    openslide_only = ExitStack()
+    client_openslide_only = openslide_only.enter_context(dask_client(args.workers))
+    del os.environ["OSTEOMICS_DIRECT_TILE_DECODE"]
+    with openslide_only, dask_client(args.workers) as client:
         for repeat in range(args.repeat):
             for label, slide in (("big", big), ("small", small)):
-                out = Path(tempfile.mkdtemp(prefix="osteomics-bench-", dir=CACHE))
-                t0 = time.perf_counter()
-                run = tile_slides([slide], out, params, client=client)
-                elapsed = time.perf_counter() - t0
-                result = run.results[0]
-                assert result.status == "ok", result.reason
+                result, elapsed, out = run_tiling(client, slide, params)
                 peaks.setdefault(label, []).append(result.peak_worker_rss_mb or 0.0)
                 if label == "big":
                     table = pd.read_parquet(out / result.slide / "tiles.parquet")
                     coords = table[["x_px", "y_px"]].to_numpy()
                     ours.append(result.n_tiles / elapsed)
+                    other, elapsed_other, out_other = run_tiling(
+                        client_openslide_only, slide, params
+                    )
+                    assert other.n_tiles == result.n_tiles
+                    ours_openslide_only.append(other.n_tiles / elapsed_other)
+                    shutil.rmtree(out_other, ignore_errors=True)
                     ceiling.append(ceiling_tiles_per_s(slide, coords, args.workers, params.tile_px))
                     print(
                         f"repeat {repeat}: {result.n_tiles} tissue tiles; osteomics "
-                        f"{ours[-1]:.0f} tiles/s, OpenSlide read loop {ceiling[-1]:.0f} tiles/s"
+                        f"{ours[-1]:.0f} tiles/s (OpenSlide only: {ours_openslide_only[-1]:.0f}), "
+                        f"plain OpenSlide read loop {ceiling[-1]:.0f} tiles/s"
                     )
                 shutil.rmtree(out, ignore_errors=True)
     ours_med, ceiling_med = statistics.median(ours), statistics.median(ceiling)
+    only_med = statistics.median(ours_openslide_only)
     print(f"slide sizes: big {args.cells * 1024} px square, small {args.small_cells * 1024} px")
     print(
         f"peak RSS per worker (MB): big {max(peaks['big']):.0f}, small {max(peaks['small']):.0f} "
         f"(ratio big/small {max(peaks['big']) / max(peaks['small']):.2f})"
     )
     print(
-        f"osteomics tile: {ours_med:.0f} tiles/s; ceiling: {ceiling_med:.0f} tiles/s "
-        f"({args.workers} workers, median of {args.repeat})"
+        f"osteomics tile: {ours_med:.0f} tiles/s; with every read through OpenSlide: "
+        f"{only_med:.0f} tiles/s ({only_med / ceiling_med:.2f} x ceiling); ceiling: "
+        f"{ceiling_med:.0f} tiles/s ({args.workers} workers, median of {args.repeat})"
     )
     print(f"ratio osteomics/ceiling = {ours_med / ceiling_med:.2f}")
+
+
+def run_tiling(client: object, slide: Path, params: TilingParameters) -> tuple:
+    out = Path(tempfile.mkdtemp(prefix="osteomics-bench-", dir=CACHE))
+    t0 = time.perf_counter()
+    run = tile_slides([slide], out, params, client=client)
+    elapsed = time.perf_counter() - t0
+    result = run.results[0]
+    assert result.status == "ok", result.reason
+    return result, elapsed, out
 
 
 if __name__ == "__main__":

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from osteomics.plugins import Plugin
-from osteomics.wsi.slide import RawSlideMetadata, Slide
+from osteomics.plugins.tiff_tiles import DirectTileDecoder, direct_decoding_enabled
+from osteomics.wsi.slide import RawSlideMetadata, Slide, rgba_to_rgb
 from osteomics.wsi.sources import SlideSource
+
+log = logging.getLogger(__name__)
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in _TIFF_MAGIC
+    except OSError:
+        return False
 
 
 def _float(value: str | None) -> float | None:
@@ -37,6 +52,14 @@ class OpenSlideSlide(Slide):
 
         # For DICOM WSI, OpenSlide finds the other instances of the series next to this one.
         self._osr: Any = openslide.OpenSlide(str(self.source.files[0]))
+        self._direct: DirectTileDecoder | None = None
+        if direct_decoding_enabled() and _is_tiff(self.source.files[0]):
+            try:
+                self._direct = DirectTileDecoder(
+                    self.source.files[0], tuple(tuple(d) for d in self._osr.level_dimensions)
+                )
+            except Exception as exc:  # the shortcut is optional; OpenSlide reads everything
+                log.debug("no direct tile decoding for %s: %s", self.source.name, exc)
 
     def _read_metadata(self) -> RawSlideMetadata:
         props = dict(self._osr.properties)
@@ -53,13 +76,30 @@ class OpenSlideSlide(Slide):
 
     def _read_region_raw(
         self, location_px: tuple[int, int], level: int, size_px: tuple[int, int]
-    ) -> Image.Image:
+    ) -> Image.Image | np.ndarray:
+        if self._direct is not None and level in self._direct.levels:
+            downsample = self._osr.level_downsamples[level]
+            x, y = round(location_px[0] / downsample), round(location_px[1] / downsample)
+            if round(x * downsample) == location_px[0] and round(y * downsample) == location_px[1]:
+                pixels = self._direct.read(
+                    (x, y),
+                    level,
+                    size_px,
+                    reference=lambda: rgba_to_rgb(
+                        self._osr.read_region(location_px, level, size_px)
+                    ),
+                )
+                if pixels is not None:
+                    return pixels
         return self._osr.read_region(location_px, level, size_px)
 
     def _read_associated(self, name: str) -> Image.Image:
         return self._osr.associated_images[name]
 
     def close(self) -> None:
+        direct = getattr(self, "_direct", None)
+        if direct is not None:
+            direct.close()
         osr = getattr(self, "_osr", None)
         if osr is not None:
             osr.close()
