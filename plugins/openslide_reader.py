@@ -56,7 +56,8 @@ class OpenSlideSlide(Slide):
         if direct_decoding_enabled() and _is_tiff(self.source.files[0]):
             try:
                 self._direct = DirectTileDecoder(
-                    self.source.files[0], tuple(tuple(d) for d in self._osr.level_dimensions)
+                    self.source.files[0],
+                    tuple((int(w), int(h)) for w, h in self._osr.level_dimensions),
                 )
             except Exception as exc:  # the shortcut is optional; OpenSlide reads everything
                 log.debug("no direct tile decoding for %s: %s", self.source.name, exc)

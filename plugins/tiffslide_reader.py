@@ -59,7 +59,20 @@ class TiffSlideSlide(Slide):
     def _read_region_raw(
         self, location_px: tuple[int, int], level: int, size_px: tuple[int, int]
     ) -> np.ndarray:
-        return np.asarray(self._ts.read_region(location_px, level, size_px, as_array=True))
+        region = np.asarray(self._ts.read_region(location_px, level, size_px, as_array=True))
+        # tiffslide pads reads beyond the image with black, without alpha; the Slide interface
+        # (and OpenSlide) gives white there. tiffslide maps level-0 to level pixels with int().
+        downsample = self._ts.level_downsamples[level]
+        x0 = int(location_px[0] / downsample)
+        y0 = int(location_px[1] / downsample)
+        width, height = self._ts.level_dimensions[level]
+        if x0 < 0 or y0 < 0 or x0 + size_px[0] > width or y0 + size_px[1] > height:
+            region = region.copy()
+            region[: max(0, -y0)] = 255
+            region[max(0, height - y0) :] = 255
+            region[:, : max(0, -x0)] = 255
+            region[:, max(0, width - x0) :] = 255
+        return region
 
     def _read_associated(self, name: str) -> np.ndarray:
         return np.asarray(self._ts.associated_images[name])

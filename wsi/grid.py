@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from osteomics.wsi.errors import NoTissueError, ResolutionError
-from osteomics.wsi.slide import SlideInfo
-from osteomics.wsi.tissue import TissueMask
+from osteomics.wsi.slide import Slide, SlideInfo
+from osteomics.wsi.tissue import TissueMask, detect_tissue
 
 #: Relative µm/px difference under which a level is read as if it were the target.
 SAME_RESOLUTION_TOLERANCE = 0.02
@@ -168,3 +168,36 @@ def make_tile_grid(
         y_px=y_px[keep],
         tissue_fraction=fraction[keep].astype(np.float32),
     )
+
+
+@dataclass(frozen=True)
+class SlidePlan:
+    """What a slide job needs before reading tiles: thumbnail, tissue and the grid."""
+
+    backend: str
+    mpp: float
+    thumbnail: np.ndarray
+    """RGB uint8; level-0 pixels per thumbnail pixel is ``tissue.downsample``."""
+    tissue: TissueMask
+    grid: TileGrid
+
+
+def plan_slide(
+    slide: Slide,
+    target_mpp: float,
+    tile_px: int,
+    overlap_px: int = 0,
+    min_tissue: float = 0.5,
+    thumbnail_px: int = 1024,
+) -> SlidePlan:
+    """Read the thumbnail, find tissue and lay the tile grid of one slide.
+
+    Raises
+    ------
+    MissingMppError, ResolutionError, NoTissueError, SlideReadError
+    """
+    mpp = slide.info.require_mpp()
+    thumbnail, downsample = slide.read_thumbnail(thumbnail_px)
+    tissue = detect_tissue(thumbnail, downsample, mpp)
+    grid = make_tile_grid(slide.info, tissue, target_mpp, tile_px, overlap_px, min_tissue)
+    return SlidePlan(slide.info.backend, mpp, thumbnail, tissue, grid)

@@ -16,16 +16,13 @@ Resume: a slide whose ``slide.json`` records the same parameters and the same in
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +30,19 @@ from typing import Any
 import numpy as np
 
 from osteomics import OsteomicsError
+from osteomics.wsi.cluster import (
+    TaskFailure,
+    dask_client,
+    explained_failures,
+    peak_rss_mb,
+    worker_slide,
+)
 from osteomics.wsi.errors import OutputNotWritableError
-from osteomics.wsi.grid import TileGrid, make_tile_grid
+from osteomics.wsi.grid import TileGrid, plan_slide
 from osteomics.wsi.provenance import file_records, quick_fingerprint, software_versions, utc_now
-from osteomics.wsi.slide import Slide, open_slide
+from osteomics.wsi.slide import Slide
 from osteomics.wsi.sources import IgnoredFile, SlideSource, find_slides
 from osteomics.wsi.tilestore import create_tile_array, write_tile_batch
-from osteomics.wsi.tissue import detect_tissue
 
 log = logging.getLogger(__name__)
 
@@ -169,111 +172,8 @@ ProgressCallback = Callable[[SlideProgress], None]
 
 
 # --------------------------------------------------------------------------------------
-# Dask cluster
-# --------------------------------------------------------------------------------------
-@contextmanager
-def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
-    """A Dask client: attached to ``scheduler`` if given, else a LocalCluster of processes.
-
-    Parameters
-    ----------
-    workers:
-        Worker processes of the local cluster (default: one per core). Ignored with
-        ``scheduler``.
-    scheduler:
-        Address of an existing cluster, e.g. ``tcp://host:8786`` (its workers must have
-        osteomics installed and see the same file paths).
-    """
-    import dask
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise OsteomicsError(
-                f"cannot reach the Dask scheduler at {scheduler} ({exc}); check the address, "
-                "or leave out --scheduler to use a local cluster"
-            ) from exc
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    n_workers = workers or os.cpu_count() or 1
-    # Dask sets MALLOC_TRIM_THRESHOLD_=65536 for its workers, which also freezes glibc's mmap
-    # threshold: every 256 KB tile buffer is then mmapped and faulted in afresh. Measured here
-    # it cost a quarter of tiling throughput (510 vs 690 tiles/s), so our workers keep glibc's
-    # defaults.
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False},
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
-# --------------------------------------------------------------------------------------
 # Work done on the workers
 # --------------------------------------------------------------------------------------
-_OPEN_SLIDES: dict[tuple[Any, ...], Slide] = {}
-_MAX_OPEN_SLIDES = 4
-
-
-def _worker_slide(source: SlideSource, backend: str, mpp_override: float | None) -> Slide:
-    """One open handle per slide per worker process (small LRU), not one per task."""
-    key = (source.files, backend, mpp_override)
-    slide = _OPEN_SLIDES.pop(key, None)
-    if slide is None:
-        slide = open_slide(source, backend, mpp_override)
-        while len(_OPEN_SLIDES) >= _MAX_OPEN_SLIDES:
-            _OPEN_SLIDES.pop(next(iter(_OPEN_SLIDES))).close()
-    _OPEN_SLIDES[key] = slide  # most recently used last
-    return slide
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@dataclass(frozen=True)
-class _TaskFailure:
-    """An expected, explained failure (an OsteomicsError) returned by a task, not raised.
-
-    Raising would make every worker log a traceback for what is a user's problem (a corrupt
-    slide, a missing mpp); the reason reaches run.json and the CLI instead.
-    """
-
-    reason: str
-
-
-def _explained_failures(task: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(task)
-    def run(*args: Any) -> Any:
-        try:
-            return task(*args)
-        except OsteomicsError as exc:
-            return _TaskFailure(str(exc))
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                return _TaskFailure(
-                    f"no space left on the device ({exc.filename or ''}); free space or "
-                    "choose another --out"
-                )
-            raise
-
-    return run
-
-
 @dataclass(frozen=True)
 class _Planned:
     backend: str
@@ -289,17 +189,19 @@ class _Planned:
     tile_table: Any
 
 
-@_explained_failures
+@explained_failures
 def _plan_slide(source: SlideSource, params: TilingParameters, staging: str) -> _Planned:
     """Thumbnail, tissue mask and tile grid; creates the empty tile array."""
-    slide = _worker_slide(source, params.backend, params.mpp_override)
-    info = slide.info
-    mpp = info.require_mpp()
-    thumbnail, downsample = slide.read_thumbnail(params.thumbnail_px)
-    tissue = detect_tissue(thumbnail, downsample, mpp)
-    grid = make_tile_grid(
-        info, tissue, params.target_mpp, params.tile_px, params.overlap_px, params.min_tissue
+    slide = worker_slide(source, params.backend, params.mpp_override)
+    plan = plan_slide(
+        slide,
+        params.target_mpp,
+        params.tile_px,
+        params.overlap_px,
+        params.min_tissue,
+        params.thumbnail_px,
     )
+    grid, tissue = plan.grid, plan.tissue
     create_tile_array(
         Path(staging) / "tiles.zarr",
         len(grid),
@@ -311,26 +213,26 @@ def _plan_slide(source: SlideSource, params: TilingParameters, staging: str) -> 
             "tile_px": params.tile_px,
             "tile_um": grid.tile_um,
             "read_level": grid.read_level,
-            "backend": info.backend,
+            "backend": plan.backend,
             "index": "row i is row i of tiles.parquet",
         },
     )
     return _Planned(
-        backend=info.backend,
-        mpp=mpp,
+        backend=plan.backend,
+        mpp=plan.mpp,
         read_level=grid.read_level,
         read_px=grid.read_px,
         tile_um=grid.tile_um,
         tissue_fraction=tissue.tissue_fraction,
         x_px=grid.x_px,
         y_px=grid.y_px,
-        thumbnail=thumbnail,
+        thumbnail=plan.thumbnail,
         tissue_mask=tissue.mask,
         tile_table=_tile_table(grid),
     )
 
 
-@_explained_failures
+@explained_failures
 def _write_extras(source: SlideSource, planned: _Planned, staging: str) -> list[dict[str, Any]]:
     """PNGs, tile table and input hashes, in parallel with the tile batches."""
     from PIL import Image
@@ -386,7 +288,7 @@ def read_tiles(
     return out
 
 
-@_explained_failures
+@explained_failures
 def _tile_batch(
     source: SlideSource,
     params: TilingParameters,
@@ -398,10 +300,10 @@ def _tile_batch(
     read_px: int,
 ) -> tuple[int, float]:
     """Read one batch of tiles and write it as one zarr chunk. Returns (tiles, peak RSS MB)."""
-    slide = _worker_slide(source, params.backend, params.mpp_override)
+    slide = worker_slide(source, params.backend, params.mpp_override)
     tiles = read_tiles(slide, x_px, y_px, read_level, read_px, params.tile_px)
     write_tile_batch(Path(zarr_path), first_tile, tiles)
-    return len(tiles), _peak_rss_mb()
+    return len(tiles), peak_rss_mb()
 
 
 # --------------------------------------------------------------------------------------
@@ -537,7 +439,7 @@ def _run_on_client(
                 continue  # a sibling task already failed this slide
             try:
                 value = fut.result()
-                if isinstance(value, _TaskFailure):
+                if isinstance(value, TaskFailure):
                     raise OsteomicsError(value.reason)
             except Exception as exc:
                 _fail(state, _reason(exc), progress)
