@@ -323,7 +323,8 @@ def _make_info(
     if mpp_override is not None:
         if not _plausible_mpp(mpp_override):
             raise ResolutionError(
-                f"--mpp-override {mpp_override} µm/px is not a microscope resolution; "
+                f"{source.path}: --mpp-override {mpp_override} µm/px is not a microscope "
+                "resolution; "
                 f"give a value between {PLAUSIBLE_MPP_RANGE[0]} and {PLAUSIBLE_MPP_RANGE[1]}"
             )
         if mpp_x is not None:

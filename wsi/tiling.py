@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -38,6 +37,7 @@ from osteomics.wsi.cluster import (
     worker_slide,
 )
 from osteomics.wsi.errors import OutputNotWritableError
+from osteomics.wsi.files import ensure_writable, write_json_atomic
 from osteomics.wsi.grid import TileGrid, plan_slide
 from osteomics.wsi.provenance import file_records, quick_fingerprint, software_versions, utc_now
 from osteomics.wsi.slide import Slide
@@ -367,7 +367,7 @@ def tile_slides(
         scheduler=scheduler,
     )
     try:
-        _ensure_writable(out_dir)
+        ensure_writable(out_dir)
     except OutputNotWritableError as exc:
         for r in run.results:
             r.status, r.reason = "error", str(exc)
@@ -391,7 +391,7 @@ def tile_slides(
                 _run_on_client(own_client, pending, out_dir, params, run, progress)
     run.finished = utc_now()
     run_json = out_dir / "run.json"
-    _write_json_atomic(run_json, run.to_dict())
+    write_json_atomic(run_json, run.to_dict())
     run.run_json = str(run_json)
     return run
 
@@ -545,7 +545,7 @@ def _finish(
         "finished": utc_now(),
     }
     try:
-        _write_json_atomic(state.staging / COMPLETION_MARKER, marker)
+        write_json_atomic(state.staging / COMPLETION_MARKER, marker)
         _replace_dir(state.staging, final)
     except OSError as exc:
         _fail(
@@ -596,36 +596,6 @@ def _is_up_to_date(
             setattr(result, key, value)
     result.status, result.reason, result.resumed = "ok", "", True
     return True
-
-
-def _ensure_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputNotWritableError(
-            f"output folder {out_dir} is not writable ({exc.strerror or exc}); "
-            "choose another --out or fix its permissions"
-        ) from exc
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, default=_json_default)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _replace_dir(new: Path, final: Path) -> None:
