@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from osteomics import OsteomicsError
+from osteomics.wsi.errors import SlideNotFoundError
+from osteomics.wsi.provenance import quick_fingerprint
 from osteomics.wsi.slide import Slide, open_slide
 from osteomics.wsi.sources import SlideSource
 
@@ -66,8 +68,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={"dashboard": False},
+            dashboard_address=":0",  # no fixed port to collide with another cluster
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
@@ -80,8 +81,15 @@ _MAX_OPEN_SLIDES = 4
 
 
 def worker_slide(source: SlideSource, backend: str, mpp_override: float | None) -> Slide:
-    """One open handle per slide per worker process (small LRU), not one per task."""
-    key = (source.files, backend, mpp_override)
+    """One open handle per slide per worker process (small LRU), not one per task.
+
+    The key includes each file's size and modification time, so a slide replaced at the same
+    path (on a long-lived cluster) is opened afresh, never read through a stale handle.
+    """
+    try:
+        key = (tuple(quick_fingerprint(source.files)), backend, mpp_override)
+    except FileNotFoundError as exc:
+        raise SlideNotFoundError(f"{exc.filename}: no such file or folder") from exc
     slide = _OPEN_SLIDES.pop(key, None)
     if slide is None:
         slide = open_slide(source, backend, mpp_override)

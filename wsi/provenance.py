@@ -74,10 +74,10 @@ def file_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [{"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in paths]
 
 
-def quick_fingerprint(paths: Iterable[Path]) -> list[list[Any]]:
-    """Size and modification time of each file: what resume compares before re-hashing."""
+def quick_fingerprint(paths: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """Path, size and modification time of each file: what resume compares before hashing."""
     out = []
     for p in paths:
         st = p.stat()
-        out.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+        out.append((str(p.resolve()), st.st_size, st.st_mtime_ns))
     return out

@@ -24,6 +24,7 @@ from osteomics.wsi.errors import (
     SlideNotFoundError,
     SlideReadError,
     UnknownBackendError,
+    WsiError,
 )
 from osteomics.wsi.sources import SlideSource, source_for_path
 
@@ -145,14 +146,15 @@ class Slide(ABC):
         try:
             self._open()
             raw = self._read_metadata()
-        except SlideReadError:
-            raise
+            self._info = _make_info(source, self.backend, raw, mpp_override)
         except Exception as exc:
+            self.close()  # do not keep the file open for as long as the error is kept
+            if isinstance(exc, WsiError):
+                raise
             raise NotASlideError(
                 f"{source.path}: {self.backend} cannot open it ({_short(exc)}). "
                 "Check that it is a whole-slide image; try another --backend."
             ) from exc
-        self._info = _make_info(source, self.backend, raw, mpp_override)
 
     # -- reader plugins implement these -------------------------------------------------
     @classmethod
@@ -324,8 +326,8 @@ def _make_info(
         if not _plausible_mpp(mpp_override):
             raise ResolutionError(
                 f"{source.path}: --mpp-override {mpp_override} µm/px is not a microscope "
-                "resolution; "
-                f"give a value between {PLAUSIBLE_MPP_RANGE[0]} and {PLAUSIBLE_MPP_RANGE[1]}"
+                f"resolution; give a value between {PLAUSIBLE_MPP_RANGE[0]} and "
+                f"{PLAUSIBLE_MPP_RANGE[1]}"
             )
         if mpp_x is not None:
             log.info(

@@ -77,10 +77,22 @@ def safe_name(text: str) -> str:
 def source_for_path(path: Path) -> SlideSource:
     """A :class:`SlideSource` for one file, or a folder holding one DICOM WSI series."""
     path = Path(path)
-    if path.is_dir():
-        files = tuple(sorted(p for p in path.iterdir() if p.suffix.lower() == ".dcm"))
-        return SlideSource(safe_name(path.name), path, files or (path,))
-    return SlideSource(safe_name(path.stem), path, (path,))
+    if not path.is_dir():
+        return SlideSource(safe_name(path.stem), path, (path,))
+    dicom = [p for p in path.iterdir() if p.suffix.lower() == ".dcm"]
+    if not dicom:
+        return SlideSource(safe_name(path.name), path, (path,))
+    groups, _ignored = _group_dicom_series(dicom)
+    if len(groups) != 1:
+        from osteomics.wsi.errors import NotASlideError
+
+        raise NotASlideError(
+            f"{path}: the folder holds {len(groups)} DICOM whole-slide series, not one; "
+            "give `osteomics tile` the folder (it takes each series as a slide) or move each "
+            "series into its own folder"
+        )
+    (files,) = groups.values()
+    return SlideSource(safe_name(path.name), path, tuple(sorted(files)))
 
 
 def find_slides(paths: list[Path]) -> tuple[list[SlideSource], list[IgnoredFile]]:

@@ -64,6 +64,8 @@ def write_tile_batch(path: Path, first_tile: int, tiles: np.ndarray) -> None:
         chunk[: len(tiles)] = tiles
     assert isinstance(metadata, ArrayV3Metadata)
     key = metadata.chunk_key_encoding.encode_chunk_key((first_tile // chunk_tiles, 0, 0, 0))
+    if not (Path(path) / "zarr.json").is_file():
+        raise FileNotFoundError(f"{path}: the tile array is gone (run cancelled?)")
     target = Path(path) / key
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")

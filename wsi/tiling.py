@@ -406,6 +406,7 @@ def _run_on_client(
 ) -> None:
     from dask.distributed import as_completed
 
+    run.workers = len(client.scheduler_info().get("workers", {})) or run.workers
     staging_root = out_dir / STAGING_DIR
     staging_root.mkdir(exist_ok=True)
     states: dict[str, _SlideState] = {}
@@ -586,7 +587,8 @@ def _is_up_to_date(
         marker = json.loads(marker_path.read_text())
         if marker["parameters"] != params.to_dict():
             return False
-        if marker["input_fingerprint"] != quick_fingerprint(source.files):
+        current = [list(f) for f in quick_fingerprint(source.files)]
+        if marker["input_fingerprint"] != current:
             return False
         kept = marker["result"]
     except (OSError, ValueError, KeyError, TypeError):

@@ -1,0 +1,270 @@
+"""The `osteomics` command, run as a user runs it: a separate process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import osteomics
+from osteomics.wsi.labelled import LabelledTile
+from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_layout
+
+#: `python -m osteomics.cli.main`, with this test run's interpreter.
+CLI = [sys.executable, "-m", "osteomics.cli.main"]
+INFO_KEYS = {
+    "path",
+    "backend",
+    "vendor",
+    "width_px",
+    "height_px",
+    "mpp_x",
+    "mpp_y",
+    "mpp_source",
+    "mpp_note",
+    "objective_power",
+    "level_count",
+    "levels",
+    "associated_images",
+}
+
+
+def run_cli(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def console_script() -> Path:
+    """The `osteomics` entry point installed next to this interpreter."""
+    script = Path(sys.executable).parent / "osteomics"
+    assert script.is_file(), f"{script} is missing: is osteomics installed in this venv?"
+    return script
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+# -- info ---------------------------------------------------------------------------------
+def test_info_json(cmu_svs: Path) -> None:
+    done = run_cli("info", cmu_svs, "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert set(info) == INFO_KEYS
+    assert info["path"] == str(cmu_svs)
+    assert info["backend"] == "openslide"
+    assert info["vendor"] == "aperio"
+    assert (info["width_px"], info["height_px"]) == (2220, 2967)
+    assert info["mpp_x"] == pytest.approx(0.499, abs=1e-4)
+    assert info["mpp_source"] == "metadata"
+    assert info["mpp_note"] is None
+    assert info["objective_power"] == 20
+    assert info["level_count"] == 1
+    assert info["levels"] == [
+        {
+            "index": 0,
+            "width_px": 2220,
+            "height_px": 2967,
+            "downsample": 1.0,
+            "mpp": info["mpp_x"],
+        }
+    ]
+    assert info["associated_images"] == ["label", "macro", "thumbnail"]
+
+
+def test_info_json_with_backend_and_override(boxes_tiff: Path) -> None:
+    done = run_cli("info", boxes_tiff, "--backend", "tiffslide", "--mpp-override", "0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["backend"] == "tiffslide"
+    assert info["mpp_x"] == 0.5 and info["mpp_source"] == "override"
+    assert info["level_count"] == 4
+    assert info["levels"][1]["mpp"] == pytest.approx(1.0)
+
+
+def test_info_human_readable(ndpi: Path, boxes_tiff: Path) -> None:
+    done = run_cli("info", ndpi)
+    assert done.returncode == 0, done.stderr
+    assert "hamamatsu" in done.stdout and "3968 x 4864" in done.stdout
+    assert "0.2282" in done.stdout and "40x" in done.stdout
+    missing = run_cli("info", boxes_tiff)
+    assert missing.returncode == 0, missing.stderr
+    assert "unknown" in missing.stdout and "352.8" in missing.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["unopenable.tiff"], "no slide reader can open it"),
+        (["unopenable.tiff", "--backend", "bioformats"], "unknown slide reader 'bioformats'"),
+        (["absent.svs"], "no such file"),
+        (["boxes.tiff", "--mpp-override", "1000"], "not a microscope resolution"),
+    ],
+)
+def test_info_errors_are_one_line(fixtures_dir: Path, args: list[str], phrase: str) -> None:
+    done = run_cli("info", fixtures_dir / args[0], *args[1:])
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert line.startswith("error: ")
+    assert phrase in line
+    assert args[0] in line or "bioformats" in line
+    assert done.stdout == ""
+
+
+# -- tile ---------------------------------------------------------------------------------
+def test_tile_json_exit_codes_and_resume(
+    mosaic_2um: MosaicComposition, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    common = ["--out", out, "--mpp", "4", "--tile-px", "128", "--workers", "1", "--json"]
+    good, bad = Path(mosaic_2um.path), fixtures_dir / "unopenable.tiff"
+
+    done = run_cli("tile", good, *common)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)  # stdout is only the JSON
+    assert record == json.loads((out / "run.json").read_text())
+    tiles = record["summary"]["tiles"]
+    assert record["summary"] == {"slides": 1, "ok": 1, "error": 0, "resumed": 0, "tiles": tiles}
+    assert record["parameters"]["target_mpp"] == 4.0 and record["parameters"]["tile_px"] == 128
+    assert record["workers"] == 1
+    assert len(pd.read_parquet(out / good.stem / "tiles.parquet")) == tiles > 0
+    assert "Traceback" not in done.stderr
+
+    failed = run_cli("tile", good, bad, *common)
+    assert failed.returncode == 1, failed.stderr
+    summary = json.loads(failed.stdout)["summary"]
+    assert summary == {"slides": 2, "ok": 1, "error": 1, "resumed": 1, "tiles": tiles}
+    assert "Traceback" not in failed.stderr
+    # One report line per failed slide (besides its progress bar), naming it and why.
+    [error_line] = [line for line in failed.stderr.splitlines() if line.startswith("unopenable:")]
+    assert "unopenable.tiff: no slide reader can open it" in error_line
+
+
+def test_tile_to_unwritable_output(mosaic_2um: MosaicComposition, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_cli("tile", mosaic_2um.path, "--out", blocker / "out", "--json")
+    assert done.returncode == 1
+    record = json.loads(done.stdout)
+    assert record["summary"]["error"] == 1
+    assert "not writable" in record["slides"][0]["reason"]
+    assert "Traceback" not in done.stderr
+
+
+# -- plugins, version -----------------------------------------------------------------------
+def test_plugins_lists_the_three_readers() -> None:
+    done = subprocess.run(
+        [str(console_script()), "plugins"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    readers = [row[1] for row in rows if row[0] == "slide_reader"]
+    assert readers == ["openslide", "tiffslide", "wsidicom"]  # the order auto tries them
+    assert "broken" not in done.stdout
+
+
+def test_version() -> None:
+    done = run_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"osteomics {osteomics.__version__}"
+
+
+# -- demo ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_demo_builds_and_tiles_two_slides(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = run_cli("demo", "--out", out, "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    for i in (1, 2):
+        slide = out / "slides" / f"demo-case-slide-{i}.tiff"
+        composition = MosaicComposition.from_json(slide.with_suffix(".json").read_text())
+        assert composition.mpp == 2.0 and (composition.width_px, composition.height_px) == (
+            3072,
+            3072,
+        )
+        marker = json.loads((out / "tiles" / slide.stem / "slide.json").read_text())
+        assert marker["result"]["status"] == "ok"
+        n_tiles = marker["result"]["n_tiles"]
+        assert n_tiles > 0
+        assert len(pd.read_parquet(out / "tiles" / slide.stem / "tiles.parquet")) == n_tiles
+    record = json.loads((out / "tiles" / "run.json").read_text())
+    assert record["summary"]["ok"] == 2 and record["summary"]["error"] == 0
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def big_mosaic(
+    labelled_tiles: list[LabelledTile], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """12 x 12 cells of 1024 px (12288 px square, 1 µm/px): tiling it takes several seconds."""
+    path = tmp_path_factory.mktemp("big") / "big.tiff"
+    build_mosaic_slide(path, random_layout(labelled_tiles, 12, 12, 0.25, seed=5), cell_px=1024)
+    return path
+
+
+def staged_chunks(out: Path) -> bool:
+    """True once a tile chunk has been written into the run's staging folder."""
+    try:
+        return any(
+            p.is_file() and "c" in p.relative_to(out).parts for p in (out / ".staging").rglob("*")
+        )
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_nothing_and_a_rerun_completes(big_mosaic: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["tile", big_mosaic, "--out", out, "--tile-px", "128", "--workers", "2", "--json"]
+    proc = subprocess.Popen(
+        [*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for(lambda: staged_chunks(out) or proc.poll() is not None, 180, "the first tiles")
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    record = json.loads((out / "run.json").read_text())
+    assert json.loads(stdout) == record
+    assert record["interrupted"] is True
+    [row] = record["slides"]
+    assert row["slide"] == "big" and row["status"] == "error"
+    assert "interrupted" in row["reason"] and "Ctrl-C" in row["reason"]
+    assert not (out / ".staging").exists()
+    assert not (out / "big" / "slide.json").exists()
+    assert not (out / "big").exists()
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert summary["ok"] == 1 and summary["resumed"] == 0
+    marker = json.loads((out / "big" / "slide.json").read_text())
+    assert marker["result"]["n_tiles"] == summary["tiles"] > 1000
+    assert not (out / ".staging").exists()
