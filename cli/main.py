@@ -9,7 +9,7 @@ import sys
 import typer
 
 from osteomics import OsteomicsError, __version__
-from osteomics.cli import demo, info, plugins, tile
+from osteomics.cli import demo, evaluate, info, necrosis, plugins, tile, train
 
 app = typer.Typer(
     name="osteomics",
@@ -20,8 +20,11 @@ app = typer.Typer(
 )
 app.command("info")(info.info)
 app.command("tile")(tile.tile)
+app.command("necrosis")(necrosis.necrosis)
 app.command("demo")(demo.demo)
 app.command("plugins")(plugins.list_plugins)
+app.command("train")(train.train)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def _version(value: bool) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -60,6 +62,15 @@ def run_with_progress(
     scheduler: str | None,
 ) -> TilingRun:
     """Run the tiling with a progress bar on stderr (stdout stays clean for --json)."""
+    with progress_bar() as on_progress:
+        return tile_slides(
+            paths, out, params, workers=workers, scheduler=scheduler, progress=on_progress
+        )
+
+
+@contextmanager
+def progress_bar() -> Iterator[Callable[[SlideProgress], None]]:
+    """A rich progress bar on stderr, one row per slide; yields the progress callback."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
@@ -70,27 +81,22 @@ def run_with_progress(
         MofNCompleteColumn(),
         TextColumn("tiles"),
         console=console,
-        transient=False,
     ) as bar:
         tasks: dict[str, TaskID] = {}
 
         def on_progress(event: SlideProgress) -> None:
             if event.slide not in tasks:
                 tasks[event.slide] = bar.add_task(event.slide, total=None)
-            label = event.slide if event.status != "error" else f"{event.slide} (error)"
+            failed = event.status == "error"
             bar.update(
                 tasks[event.slide],
                 completed=event.tiles_done,
-                total=max(event.tiles_total, 1)
-                if event.status != "running" or event.tiles_total
-                else None,
-                description=label,
+                total=event.tiles_total or None,
+                description=f"{event.slide} (error)" if failed else event.slide,
             )
 
         try:
-            return tile_slides(
-                paths, out, params, workers=workers, scheduler=scheduler, progress=on_progress
-            )
+            yield on_progress
         except KeyboardInterrupt:
             console.print("interrupted before any slide started; nothing was written")
             raise typer.Exit(1) from None

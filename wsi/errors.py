@@ -43,3 +43,23 @@ class OutputNotWritableError(WsiError, PermissionError):
 
 class UnknownBackendError(WsiError, ValueError):
     """The requested slide reader is not installed."""
+
+
+class UnknownModelError(WsiError, LookupError):
+    """A model name that is neither in the registry nor a folder holding a model."""
+
+
+class ModelFileError(WsiError, FileNotFoundError):
+    """A model folder lacks its weights or its model card."""
+
+
+class ModelCardError(WsiError, ValueError):
+    """A model card that cannot be read, or that does not fit its weights."""
+
+
+class WeightsChecksumError(WsiError, ValueError):
+    """The weights file's SHA-256 differs from the one its model card records."""
+
+
+class TrainingDataError(WsiError, ValueError):
+    """A folder of labelled images that cannot train or evaluate a model as it is."""

@@ -70,6 +70,13 @@ class MosaicComposition:
             areas[cell.label] = areas.get(cell.label, 0.0) + mm2_per_cell
         return dict(sorted(areas.items()))
 
+    def necrosis_rate_percent(self) -> float | None:
+        """True necrosis rate of the mosaic by cell area (``Non-Viable-Tumor`` over tumour)."""
+        from osteomics.wsi.necrosis import necrosis_rate_percent
+
+        areas = self.area_mm2_by_label()
+        return necrosis_rate_percent(areas.get("Non-Viable-Tumor", 0.0), areas.get("Viable", 0.0))
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 

@@ -192,24 +192,22 @@ def test_version() -> None:
 
 # -- demo ---------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_demo_builds_and_tiles_two_slides(tmp_path: Path) -> None:
+def test_demo_scores_a_three_slide_case(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = run_cli("demo", "--out", out, "--workers", "2")
     assert done.returncode == 0, done.stderr
-    for i in (1, 2):
+    for i in (1, 2, 3):
         slide = out / "slides" / f"demo-case-slide-{i}.tiff"
         composition = MosaicComposition.from_json(slide.with_suffix(".json").read_text())
-        assert composition.mpp == 2.0 and (composition.width_px, composition.height_px) == (
-            3072,
-            3072,
-        )
-        marker = json.loads((out / "tiles" / slide.stem / "slide.json").read_text())
-        assert marker["result"]["status"] == "ok"
-        n_tiles = marker["result"]["n_tiles"]
-        assert n_tiles > 0
-        assert len(pd.read_parquet(out / "tiles" / slide.stem / "tiles.parquet")) == n_tiles
-    record = json.loads((out / "tiles" / "run.json").read_text())
-    assert record["summary"]["ok"] == 2 and record["summary"]["error"] == 0
+        assert composition.mpp == 2.0
+        assert (composition.width_px, composition.height_px) == (3072, 3072)
+        assert (out / "necrosis" / "slides" / f"{slide.stem}.heatmap.png").stat().st_size > 0
+    cases = pd.read_csv(out / "necrosis" / "necrosis_cases.csv")
+    assert list(cases["case"]) == ["demo-case"]
+    assert int(cases["n_slides"].iloc[0]) == 3
+    assert 0.0 <= float(cases["necrosis_rate"].iloc[0]) <= 100.0
+    assert "report.html" in done.stdout and "truth by cell area" in done.stdout
+    assert (out / "necrosis" / "report.html").read_text().count("<section>") == 1
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------

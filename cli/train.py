@@ -1,0 +1,104 @@
+"""``osteomics train TILE_DIR --out MODEL_DIR``: a tile classifier with grouped cross-validation."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import typer
+
+from osteomics.wsi.errors import OutputNotWritableError
+
+
+def train(
+    tile_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (weights + model card)."),
+    arch: str = typer.Option("lcnet_050", "--arch", help="timm architecture name."),
+    tile_mpp: float = typer.Option(1.0, "--tile-mpp", help="µm/px of the labelled images."),
+    input_mpp: float = typer.Option(2.0, "--input-mpp", help="µm/px of the model's input."),
+    input_px: int = typer.Option(128, "--input-px", help="Side of the model's input, px."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping per fold)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds."),
+    cases: Path | None = typer.Option(
+        None, "--cases", help="CSV with columns file,case (default: case from TCIA file names)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same model)."),
+    stain: str = typer.Option(
+        "macenko", "--stain-normalisation", help="none, macenko or reinhard (per tile)."
+    ),
+    colour: str = typer.Option("gray", "--colour", help="Network input: gray or rgb."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Local timm checkpoint to start from (nothing is downloaded)."
+    ),
+    no_robustness: bool = typer.Option(
+        False, "--no-robustness", help="Skip the stain-perturbation check during CV."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Model name in the card."),
+) -> None:
+    """Cross-validate (grouped by patient, or by slide when a class has one patient), calibrate,
+    fit on all images, and write MODEL_DIR/model.safetensors + model_card.json."""
+    from osteomics.wsi.model import Preprocessing, save_model
+    from osteomics.wsi.stain import NORMALISERS
+    from osteomics.wsi.train import TrainConfig
+    from osteomics.wsi.train import train as run_training
+
+    if stain not in NORMALISERS:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(NORMALISERS)}", param_hint="--stain-normalisation"
+        )
+    if colour not in ("gray", "rgb"):
+        raise typer.BadParameter("choose gray or rgb", param_hint="--colour")
+    channels = 1 if colour == "gray" else 3
+    config = TrainConfig(
+        arch=arch,
+        tile_mpp=tile_mpp,
+        input_mpp=input_mpp,
+        input_px=input_px,
+        epochs=epochs,
+        n_folds=folds,
+        seed=seed,
+        preprocessing=Preprocessing(
+            stain_normalisation=stain,
+            colour=colour,
+            mean=(0.5,) * channels,
+            std=(0.25,) * channels,
+        ),
+        checkpoint=str(checkpoint) if checkpoint else None,
+        robustness=not no_robustness,
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritableError(f"{out}: cannot create the model folder ({exc})") from exc
+
+    def say(message: str) -> None:
+        typer.echo(message, err=True)
+
+    net, card = run_training(tile_dir, config, cases_csv=cases, name=name, progress=say)
+    # Every effective option, so that the command reproduces the run whatever the defaults.
+    argv = ["osteomics", "train", str(tile_dir), "--out", str(out), "--arch", arch]
+    argv += ["--tile-mpp", str(tile_mpp), "--input-mpp", str(input_mpp)]
+    argv += ["--input-px", str(input_px), "--epochs", str(epochs), "--folds", str(folds)]
+    argv += ["--seed", str(seed), "--stain-normalisation", stain, "--colour", colour]
+    argv += ["--cases", str(cases)] if cases else []
+    argv += ["--checkpoint", str(checkpoint)] if checkpoint else []
+    argv += ["--no-robustness"] if no_robustness else []
+    argv += ["--name", name] if name else []
+    card.training["command"] = shlex.join(argv)
+    card = save_model(net, card, out)
+    cv = card.cross_validation
+    typer.echo(
+        json.dumps(
+            {
+                "model": str(out),
+                "grouping": cv["grouping"],
+                "accuracy": cv["accuracy"],
+                "macro_f1": cv["macro_f1"],
+                "ece": cv["ece"],
+                "temperature": card.temperature,
+                "weights_sha256": card.weights_sha256,
+            },
+            indent=2,
+        )
+    )

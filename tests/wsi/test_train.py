@@ -1,0 +1,134 @@
+"""``osteomics train``: a tiny run gives a loadable, verified model with a complete card."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from osteomics.cli.main import app
+from osteomics.wsi.errors import TrainingDataError
+from osteomics.wsi.model import CARD_FILE, WEIGHTS_FILE, load_model, predict_tiles
+from osteomics.wsi.subtiles import image_subtiles
+from osteomics.wsi.train import labelled_images
+
+# timm is imported lazily by the code under test; no internet here (see tests/conftest.py).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+#: Two slides per class, two images each where there are: 12 images.
+PICK = {
+    "Non-Tumor": [
+        "P9-B12-15791-34183",
+        "P9-B12-30770-23009",
+        "P9-B28-22141-15533",
+        "P9-B28-26096-29717",
+    ],
+    "Non-Viable-Tumor": [
+        "Case-3-A12-16067-9053",
+        "Case-3-A12-19907-12559",
+        "Case-3-A7-18669-5101",
+        "Case-3-A7-31694-7282",
+    ],
+    "Viable": [
+        "Case-48-P5-C20-15162-19423",
+        "Case-48-P5-C20-33672-6381",
+        "Case-48-P5-C22-41496-16304",
+        "Case-48-P5-C22-46134-22320",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def small_folder(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("train") / "tiles"
+    for label, stems in PICK.items():
+        (folder / label).mkdir(parents=True)
+        for stem in stems:
+            shutil.copy(data_dir / "osteosarcoma-tiles" / label / f"{stem}.jpg", folder / label)
+    return folder
+
+
+def _train(folder: Path, out: Path, *extra: str) -> dict:
+    args = [
+        "train",
+        str(folder),
+        "--out",
+        str(out),
+        "--arch",
+        "test_efficientnet",
+        "--input-px",
+        "64",
+        "--input-mpp",
+        "4",
+        "--epochs",
+        "2",
+        "--folds",
+        "2",
+        "--no-robustness",
+        "--seed",
+        "3",
+        *extra,
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_tiny_training_run_gives_a_loadable_deterministic_model(
+    small_folder: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    summary = _train(small_folder, tmp_path / "m1")
+    assert summary["grouping"] == "slide"  # necrotic and viable each from one patient
+    net, card = load_model(tmp_path / "m1")
+    assert card.classes == ["Non-Tumor", "Non-Viable-Tumor", "Viable"]
+    assert (card.arch, card.input_px, card.input_mpp) == ("test_efficientnet", 64, 4.0)
+    assert card.training["n_images"] == 12
+    assert card.training["counts"] == {"Non-Tumor": 4, "Non-Viable-Tumor": 4, "Viable": 4}
+    assert card.cross_validation["n_folds"] == 2
+    assert sum(map(sum, card.cross_validation["confusion"])) == 12
+    assert card.training["command"].startswith("osteomics train")
+    tiles = image_subtiles(
+        data_dir / "osteosarcoma-tiles/Viable/Case-48-P5-C14-54171-23668.jpg", 1.0, 4.0, 64
+    )
+    probs = predict_tiles(net, card, tiles)
+    assert probs.shape == (len(tiles), 3) and np.allclose(probs.sum(1), 1.0)
+    # same seed, same weights
+    _train(small_folder, tmp_path / "m2")
+    assert (tmp_path / "m1" / WEIGHTS_FILE).read_bytes() == (
+        tmp_path / "m2" / WEIGHTS_FILE
+    ).read_bytes()
+    card2 = json.loads((tmp_path / "m2" / CARD_FILE).read_text())
+    assert card2["cross_validation"]["predictions"] == card.cross_validation["predictions"]
+
+
+def test_cases_csv_overrides_file_name_cases(small_folder: Path, tmp_path: Path) -> None:
+    cases = tmp_path / "cases.csv"
+    with open(cases, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "case"])
+        for stems in PICK.values():
+            for i, stem in enumerate(stems):
+                writer.writerow([f"{stem}.jpg", f"patient-{i % 2}"])
+    tiles = labelled_images(small_folder, cases)
+    assert {t.case for t in tiles} == {"patient-0", "patient-1"}
+    with open(cases, "a", newline="") as fh:
+        fh.write("")
+    rows = cases.read_text().splitlines()
+    cases.write_text("\n".join(rows[:-1]) + "\n")  # one image left out
+    with pytest.raises(TrainingDataError, match=r"cases\.csv: no case for 1 image"):
+        labelled_images(small_folder, cases)
+
+
+def test_a_folder_with_one_class_is_refused(small_folder: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one"
+    shutil.copytree(small_folder / "Viable", one / "Viable")
+    result = CliRunner().invoke(app, ["train", str(one), "--out", str(tmp_path / "m")])
+    assert isinstance(result.exception, TrainingDataError)
+    assert "only one class" in str(result.exception)
