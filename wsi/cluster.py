@@ -130,3 +130,12 @@ def explained_failures(task: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return run
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for a slide's error row: ours as written, anything else marked unexpected."""
+    if isinstance(exc, OsteomicsError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device: {exc}; free space or choose another --out"
+    return f"unexpected {type(exc).__name__}: {exc} (please report this with run.json)"

@@ -29,6 +29,7 @@ from osteomics.wsi.cluster import (
     TaskFailure,
     dask_client,
     explained_failures,
+    failure_reason,
     peak_rss_mb,
     worker_slide,
 )
@@ -431,7 +432,7 @@ def _run_on_client(
                 if isinstance(value, TaskFailure):
                     raise OsteomicsError(value.reason)
             except Exception as exc:
-                _fail(state, _reason(exc), progress)
+                _fail(state, failure_reason(exc), progress)
                 client.cancel([f for f in state.futures if not f.done()])
                 continue
             if kind == "hash":
@@ -519,12 +520,6 @@ def _fail(state: _State, reason: str, progress: ProgressCallback | None) -> None
     log.info("%s: %s", state.source.name, reason)
     if progress:
         progress(SlideProgress(state.source.name, 0, 0, "error"))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OsteomicsError):
-        return str(exc)
-    return f"unexpected {type(exc).__name__}: {exc} (please report this with run.json)"
 
 
 def aggregate_cases(run: NecrosisRun, params: NecrosisParameters) -> list[CaseNecrosis]:

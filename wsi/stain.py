@@ -144,6 +144,28 @@ def macenko_normalise(
     return np.clip(out.T.reshape(rgb.shape), 0, 255).astype(np.uint8)
 
 
+def stain_concentrations(rgb: np.ndarray, stains: np.ndarray | None = None) -> np.ndarray:
+    """Haematoxylin and eosin concentrations of every pixel, by colour deconvolution.
+
+    Parameters
+    ----------
+    rgb:
+        RGB uint8 (..., 3): one tile or a batch.
+    stains:
+        (3, 2) unit OD vectors (haematoxylin, eosin); default :data:`MACENKO_REFERENCE_STAINS`,
+        which makes it exact for tiles re-rendered by :func:`macenko_normalise`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (..., 2): haematoxylin, eosin; clipped below at 0 (glass).
+    """
+    ref = np.asarray(MACENKO_REFERENCE_STAINS if stains is None else stains, dtype=np.float64)
+    unmix = np.linalg.pinv(ref).T.astype(np.float32)  # (3, 2): OD -> concentrations
+    od = -np.log((np.asarray(rgb, dtype=np.float32) + 1.0) / np.float32(IO))
+    return np.maximum(od @ unmix, 0.0).astype(np.float32)
+
+
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     """Boolean (height, width): pixels with OD above :data:`OD_THRESHOLD` in some channel."""
     return np.any(optical_density(rgb) > OD_THRESHOLD, axis=-1)

@@ -15,7 +15,6 @@ Resume: a slide whose ``slide.json`` records the same parameters and the same in
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import shutil
@@ -33,6 +32,7 @@ from osteomics.wsi.cluster import (
     TaskFailure,
     dask_client,
     explained_failures,
+    failure_reason,
     peak_rss_mb,
     worker_slide,
 )
@@ -443,7 +443,7 @@ def _run_on_client(
                 if isinstance(value, TaskFailure):
                     raise OsteomicsError(value.reason)
             except Exception as exc:
-                _fail(state, _reason(exc), progress)
+                _fail(state, failure_reason(exc), progress)
                 client.cancel([f for f in state.futures if not f.done()])
                 continue
             if kind == "plan":
@@ -567,14 +567,6 @@ def _fail(state: _SlideState, reason: str, progress: ProgressCallback | None) ->
     shutil.rmtree(state.staging, ignore_errors=True)
     if progress:
         progress(SlideProgress(state.source.name, state.tiles_done, state.tiles_done, "error"))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OsteomicsError):
-        return str(exc)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return f"no space left on the device: {exc}; free space or choose another --out"
-    return f"unexpected {type(exc).__name__}: {exc} (please report this with run.json)"
 
 
 def _is_up_to_date(

@@ -63,6 +63,10 @@ class TrainConfig:
     input_px: int = 128
     #: Maximum epochs per fold (early stopping may end sooner).
     epochs: int = 30
+    #: Stop each fold early on an inner grouped validation split, and fit the final model for
+    #: the median best epoch. False: every fold and the final model train for all ``epochs``
+    #: (the one-cycle cosine schedule runs to its end) on all their training images.
+    early_stopping: bool = True
     #: Epochs without a better inner-validation loss before a fold stops ...
     patience: int = 8
     #: ... but never before this many epochs (the validation split is small and noisy).
@@ -391,11 +395,11 @@ def cross_validate(
         test = np.flatnonzero(folds == fold)
         train = np.flatnonzero(folds != fold)
         train_groups = [grouping.groups[i] for i in train]
-        if len(set(train_groups)) >= 2:
+        if config.early_stopping and len(set(train_groups)) >= 2:
             inner = grouped_folds(
                 labels[train], train_groups, max(2, config.n_folds - 1), config.seed
             )
-        else:  # nothing to hold out for early stopping: train for all epochs
+        else:  # no early stopping, or nothing to hold out: train for all epochs
             inner = np.ones(len(train), dtype=np.int64)
         fit = [images[int(i)] for i in train[inner != 0]]
         val = [images[int(i)] for i in train[inner == 0]]
