@@ -1,0 +1,97 @@
+"""``osteomics node ...``: run the DICOM node and look at what it stored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from osteomics.radiology.config import NodeConfig, load_node_config
+from osteomics.radiology.node import RunningNode, echo, serve
+from osteomics.radiology.store import open_store
+
+app = typer.Typer(
+    help="The DICOM node: receive studies from a PACS, store and index them.",
+    no_args_is_help=True,
+)
+
+CONFIG_HELP = "The node's node.toml (AE title, port, storage, allow-list, remotes)."
+
+
+def _config(path: Path) -> NodeConfig:
+    return load_node_config(path)
+
+
+@app.command("serve")
+def serve_command(
+    config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
+) -> None:
+    """Receive studies (C-STORE) and answer C-ECHO until Ctrl-C or SIGTERM."""
+    cfg = _config(config)
+
+    def ready(node: RunningNode) -> None:
+        typer.echo(
+            f"node {cfg.ae_title} listening on {cfg.host}:{node.port}, storing in {cfg.storage} "
+            f"({len(cfg.allow)} allowed peer(s)); Ctrl-C stops it",
+            err=True,
+        )
+
+    serve(cfg, ready=ready)
+
+
+@app.command("echo")
+def echo_command(
+    remote: str = typer.Argument(..., help="A remote of node.toml ([remotes.NAME])."),
+    config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the remote."),
+) -> None:
+    """C-ECHO a configured remote; exit code 1 when it does not answer Success."""
+    cfg = _config(config)
+    result = echo(cfg, cfg.remote(remote), timeout_s=timeout)
+    if not result.ok:
+        typer.secho(f"{remote}: C-ECHO status 0x{result.status:04X}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{remote}: C-ECHO Success in {result.elapsed_ms:.1f} ms")
+
+
+@app.command("status")
+def status_command(
+    config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Counts of patients, studies, series, instances and jobs (by state) in the store."""
+    cfg = _config(config)
+    with open_store(cfg.storage, recover=False) as store:
+        status = store.status()
+    if as_json:
+        typer.echo(json.dumps(status.to_dict(), indent=2))
+        return
+    jobs = ", ".join(f"{n} {state}" for state, n in sorted(status.jobs.items())) or "none"
+    typer.echo(
+        f"{status.patients} patients, {status.studies} studies, {status.series} series, "
+        f"{status.instances} instances; jobs: {jobs}"
+    )
+
+
+@app.command("ls")
+def ls_command(
+    config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the studies as JSON."),
+) -> None:
+    """Studies in the store: patient ID, date, modalities, series and instance counts."""
+    cfg = _config(config)
+    with open_store(cfg.storage, recover=False) as store:
+        studies = store.studies()
+    if as_json:
+        typer.echo(json.dumps([s.to_dict() for s in studies], indent=2))
+        return
+    if not studies:
+        typer.echo(f"no studies in {cfg.storage}")
+        return
+    for s in studies:
+        typer.echo(
+            f"{s.patient_id or '-':<16} {s.study_date or '-':<8} "
+            f"{'/'.join(s.modalities) or '-':<16} {s.series:>3} series {s.instances:>6} "
+            f"instances  {s.study_uid}"
+        )

@@ -1,0 +1,367 @@
+"""``node.toml``: the DICOM node's settings, loaded into frozen dataclasses and validated.
+
+Format (names are the contract)::
+
+    [node]
+    ae_title = "OSTEOMICS"
+    host = "127.0.0.1"
+    port = 11112
+    storage = "store"                 # relative to the config file
+    study_quiet_seconds = 30
+    max_pdu_bytes = 262144            # optional: largest PDU we accept
+    max_associations = 8              # optional: concurrent associations
+
+    [[node.allow]]                    # calling AEs that may store, query results, echo
+    ae_title = "ORTHANC"
+    host = "127.0.0.1"                # the peer's IP address as the node sees it
+
+    [node.tls]                        # optional
+    certificate = "node.crt"
+    key = "node.key"
+    ca = "ca.crt"
+
+    [remotes.pacs]                    # a PACS we can echo, query and pull from
+    ae_title = "ORTHANC"
+    host = "127.0.0.1"
+    port = 4242
+
+Unknown keys are errors (a typo must not silently turn a setting off).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from osteomics.radiology.errors import (
+    InvalidAETitleError,
+    NodeConfigError,
+    UnknownRemoteError,
+)
+from osteomics.radiology.uids import validate_ae_title
+
+DEFAULT_PORT = 11112
+DEFAULT_QUIET_SECONDS = 30.0
+DEFAULT_MAX_PDU_BYTES = 262_144
+DEFAULT_MAX_ASSOCIATIONS = 8
+
+
+@dataclass(frozen=True)
+class AllowedPeer:
+    """A calling AE allowed to associate with the node.
+
+    Attributes
+    ----------
+    ae_title:
+        Calling AE title the peer must present (exact match, spaces stripped).
+    host:
+        IP address the association must come from (compared with the socket's peer address).
+    """
+
+    ae_title: str
+    host: str
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for the node's listening socket (absolute paths).
+
+    Attributes
+    ----------
+    certificate:
+        PEM certificate the node presents.
+    key:
+        PEM private key of that certificate.
+    ca:
+        PEM CA bundle that peers' certificates must chain to; ``None``: peers need none.
+    """
+
+    certificate: Path
+    key: Path
+    ca: Path | None
+
+
+@dataclass(frozen=True)
+class RemoteNode:
+    """A remote AE we can echo, query and pull from.
+
+    Attributes
+    ----------
+    name:
+        The ``NAME`` of ``[remotes.NAME]``, as typed on the command line.
+    ae_title, host, port:
+        Where it listens.
+    """
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything ``osteomics node`` needs.
+
+    Attributes
+    ----------
+    ae_title:
+        Our AE title; associations that call another title are rejected.
+    host:
+        Address to listen on (``127.0.0.1`` to stay local).
+    port:
+        TCP port to listen on.
+    storage:
+        Storage root, absolute (relative paths in the file are resolved against the file's folder).
+    study_quiet_seconds:
+        A study with no new instance for this long counts as complete.
+    allow:
+        Calling AE title + host pairs that may associate; everyone else is rejected.
+    tls:
+        TLS settings, or ``None`` for plain TCP.
+    remotes:
+        Remote AEs by name.
+    max_pdu_bytes:
+        Largest PDU we accept (advertised in the association); 0 would mean unlimited.
+    max_associations:
+        Concurrent associations; more are rejected (transient, local limit exceeded).
+    config_path:
+        The file this was loaded from, or ``None``.
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    storage: Path
+    study_quiet_seconds: float = DEFAULT_QUIET_SECONDS
+    allow: tuple[AllowedPeer, ...] = ()
+    tls: TlsSettings | None = None
+    remotes: dict[str, RemoteNode] = field(default_factory=dict)
+    max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
+    max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    config_path: Path | None = None
+
+    def remote(self, name: str) -> RemoteNode:
+        """The remote called ``name``.
+
+        Raises
+        ------
+        UnknownRemoteError
+            Listing the remotes the file does define.
+        """
+        try:
+            return self.remotes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.remotes)) or "none"
+            raise UnknownRemoteError(
+                f"{self.config_path or 'node.toml'} defines no remote {name!r} (defined: "
+                f"{known}); add a [remotes.{name}] table with ae_title, host and port"
+            ) from None
+
+    def is_allowed(self, calling_ae: str, host: str) -> bool:
+        """True when ``calling_ae`` from ``host`` is on the allow-list."""
+        title = calling_ae.strip()
+        return any(p.ae_title == title and _same_host(p.host, host) for p in self.allow)
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and validate ``node.toml``.
+
+    Raises
+    ------
+    NodeConfigError
+        Naming the file, the key and the fix (missing file, TOML syntax, wrong types, invalid
+        AE titles or ports, unknown keys).
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NodeConfigError(
+            f"config file {path} does not exist; pass --config with the path of your node.toml"
+        ) from None
+    except OSError as exc:
+        raise NodeConfigError(f"cannot read config file {path} ({exc.strerror or exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise NodeConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return parse_node_config(raw, path)
+
+
+def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
+    """Validate an already-parsed ``node.toml`` (``path`` resolves relative paths and names
+    the file in messages)."""
+    where = str(path)
+    _only_keys(raw, {"node", "remotes"}, where, "")
+    node = raw.get("node")
+    if not isinstance(node, dict):
+        raise NodeConfigError(f"{where}: a [node] table is required (ae_title, port, storage)")
+    _only_keys(
+        node,
+        {
+            "ae_title",
+            "host",
+            "port",
+            "storage",
+            "study_quiet_seconds",
+            "allow",
+            "tls",
+            "max_pdu_bytes",
+            "max_associations",
+        },
+        where,
+        "node",
+    )
+    base = path.resolve().parent
+    storage_value = _required(node, "storage", str, where, "node")
+    storage = Path(storage_value)
+    storage = storage if storage.is_absolute() else base / storage
+
+    allow_raw = node.get("allow", [])
+    if not isinstance(allow_raw, list):
+        raise NodeConfigError(f"{where}: node.allow must be [[node.allow]] tables")
+    allow = []
+    for i, entry in enumerate(allow_raw):
+        key = f"node.allow[{i}]"
+        if not isinstance(entry, dict):
+            raise NodeConfigError(f"{where}: {key} must be a table with ae_title and host")
+        _only_keys(entry, {"ae_title", "host"}, where, key)
+        allow.append(
+            AllowedPeer(
+                ae_title=_ae(_required(entry, "ae_title", str, where, key), where, key),
+                host=_ip(_required(entry, "host", str, where, key), where, key),
+            )
+        )
+
+    tls = None
+    if "tls" in node:
+        tls_raw = node["tls"]
+        if not isinstance(tls_raw, dict):
+            raise NodeConfigError(f"{where}: node.tls must be a table")
+        _only_keys(tls_raw, {"certificate", "key", "ca"}, where, "node.tls")
+        ca = tls_raw.get("ca")
+        tls = TlsSettings(
+            certificate=_file(
+                base, _required(tls_raw, "certificate", str, where, "node.tls"), where
+            ),
+            key=_file(base, _required(tls_raw, "key", str, where, "node.tls"), where),
+            ca=_file(base, ca, where) if isinstance(ca, str) else None,
+        )
+
+    remotes_raw = raw.get("remotes", {})
+    if not isinstance(remotes_raw, dict):
+        raise NodeConfigError(f"{where}: remotes must be [remotes.NAME] tables")
+    remotes = {}
+    for name, entry in remotes_raw.items():
+        key = f"remotes.{name}"
+        if not isinstance(entry, dict):
+            raise NodeConfigError(f"{where}: {key} must be a table with ae_title, host, port")
+        _only_keys(entry, {"ae_title", "host", "port"}, where, key)
+        remotes[name] = RemoteNode(
+            name=name,
+            ae_title=_ae(_required(entry, "ae_title", str, where, key), where, key),
+            host=_required(entry, "host", str, where, key),
+            port=_port(_required(entry, "port", int, where, key), where, key),
+        )
+
+    quiet = node.get("study_quiet_seconds", DEFAULT_QUIET_SECONDS)
+    if isinstance(quiet, bool) or not isinstance(quiet, int | float) or quiet <= 0:
+        raise NodeConfigError(f"{where}: node.study_quiet_seconds must be a number > 0")
+    max_pdu = _optional_int(node, "max_pdu_bytes", DEFAULT_MAX_PDU_BYTES, where)
+    if max_pdu != 0 and max_pdu < 4096:
+        raise NodeConfigError(
+            f"{where}: node.max_pdu_bytes must be 0 (unlimited) or at least 4096, not {max_pdu}"
+        )
+    max_assoc = _optional_int(node, "max_associations", DEFAULT_MAX_ASSOCIATIONS, where)
+    if max_assoc < 1:
+        raise NodeConfigError(f"{where}: node.max_associations must be at least 1")
+
+    host = node.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise NodeConfigError(f"{where}: node.host must be an address to listen on, e.g. 127.0.0.1")
+
+    return NodeConfig(
+        ae_title=_ae(_required(node, "ae_title", str, where, "node"), where, "node"),
+        host=host,
+        port=_port(node.get("port", DEFAULT_PORT), where, "node"),
+        storage=storage,
+        study_quiet_seconds=float(quiet),
+        allow=tuple(allow),
+        tls=tls,
+        remotes=remotes,
+        max_pdu_bytes=max_pdu,
+        max_associations=max_assoc,
+        config_path=path,
+    )
+
+
+def _only_keys(table: dict[str, Any], allowed: set[str], where: str, prefix: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        name = f"{prefix}." if prefix else ""
+        raise NodeConfigError(
+            f"{where}: unknown setting(s) {', '.join(name + k for k in unknown)}; "
+            f"known: {', '.join(sorted(allowed))}"
+        )
+
+
+def _required(table: dict[str, Any], key: str, kind: type, where: str, prefix: str) -> Any:
+    if key not in table:
+        raise NodeConfigError(f"{where}: {prefix}.{key} is required")
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise NodeConfigError(
+            f"{where}: {prefix}.{key} must be a {kind.__name__}, not {type(value).__name__}"
+        )
+    return value
+
+
+def _optional_int(table: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = table.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise NodeConfigError(f"{where}: node.{key} must be an integer")
+    return value
+
+
+def _ae(value: str, where: str, prefix: str) -> str:
+    try:
+        return validate_ae_title(value, f"{prefix}.ae_title")
+    except InvalidAETitleError as exc:
+        raise NodeConfigError(f"{where}: {exc}") from exc
+
+
+def _port(value: object, where: str, prefix: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise NodeConfigError(f"{where}: {prefix}.port must be an integer 1-65535, not {value!r}")
+    return value
+
+
+def _ip(value: str, where: str, prefix: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise NodeConfigError(
+            f"{where}: {prefix}.host {value!r} is not an IP address; the allow-list compares "
+            "the address a peer connects from, so write its IP (e.g. 127.0.0.1)"
+        ) from None
+
+
+def _file(base: Path, value: str, where: str) -> Path:
+    path = Path(value)
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise NodeConfigError(f"{where}: TLS file {path} does not exist")
+    return path
+
+
+def _same_host(allowed: str, actual: str) -> bool:
+    try:
+        a = ipaddress.ip_address(allowed)
+        b = ipaddress.ip_address(actual)
+    except ValueError:
+        return False
+    if isinstance(b, ipaddress.IPv6Address) and b.ipv4_mapped is not None:
+        b = b.ipv4_mapped
+    return a == b

@@ -1,0 +1,746 @@
+"""The study store: one durable file per SOP Instance plus an SQLite index.
+
+Layout under the storage root (every path component is a validated UID)::
+
+    root/index.sqlite                      the index (WAL mode), tables patients, studies,
+                                           series, instances, jobs
+    root/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm
+    root/.quarantine/                      files recover() found but could not index
+
+The rule the node relies on: :meth:`DicomStore.store` returns only after the file is on disk
+(temporary file, fsync, rename, fsync of the folder) *and* its index row is committed, so a
+Success C-STORE response always means "durable and indexed". A crash at any point leaves at
+most a temporary file or a renamed file without a row; :meth:`DicomStore.recover` (run at
+start-up) removes the former and indexes the latter.
+
+Thread safety: one :class:`DicomStore` is shared by every association thread. File content is
+written and fsynced in parallel; the index check, the rename and the commit of one instance are
+serialised by a lock, which also makes concurrent duplicates idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from osteomics.radiology.errors import (
+    InconsistentDatasetError,
+    InvalidDatasetError,
+    InvalidUIDError,
+    StorageFullError,
+    StoreError,
+)
+from osteomics.radiology.files import (
+    NO_SPACE_ERRNOS,
+    commit_rename,
+    fsync_dir,
+    is_temp_file,
+    make_dirs_durable,
+    write_temp_durable,
+)
+from osteomics.radiology.uids import is_valid_uid, validate_uid
+
+log = logging.getLogger(__name__)
+
+INDEX_NAME = "index.sqlite"
+QUARANTINE_NAME = ".quarantine"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id      TEXT PRIMARY KEY,           -- '' when the sender left it empty
+    first_received  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid       TEXT PRIMARY KEY,
+    patient_id      TEXT NOT NULL REFERENCES patients(patient_id),
+    study_date      TEXT,                       -- DICOM DA, YYYYMMDD, as received
+    first_received  REAL NOT NULL,              -- epoch seconds
+    last_received   REAL NOT NULL               -- for the study-quiet rule
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid      TEXT PRIMARY KEY,
+    study_uid       TEXT NOT NULL REFERENCES studies(study_uid),
+    modality        TEXT,
+    series_number   INTEGER
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_uid       TEXT NOT NULL REFERENCES series(series_uid),
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    path             TEXT NOT NULL UNIQUE,      -- relative to the storage root
+    size             INTEGER NOT NULL,          -- bytes
+    sha256           TEXT NOT NULL,
+    received         REAL NOT NULL              -- epoch seconds
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL,              -- e.g. 'study_complete'
+    study_uid       TEXT,
+    state           TEXT NOT NULL,              -- 'queued', 'running', 'done', 'failed'
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created         REAL NOT NULL,
+    updated         REAL NOT NULL,
+    error           TEXT
+);
+"""
+
+#: The attributes the index needs; parsing stops after these (never the pixel data).
+_INDEX_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "StudyDate",
+    "Modality",
+    "SeriesNumber",
+]
+
+Outcome = Literal["stored", "duplicate", "conflict"]
+
+
+@dataclass(frozen=True)
+class InstanceAttributes:
+    """The key attributes of one instance, read from its dataset and validated.
+
+    Attributes
+    ----------
+    sop_instance_uid, sop_class_uid, study_uid, series_uid, transfer_syntax:
+        Validated UIDs (safe as path components).
+    patient_id:
+        Patient ID as received ('' when empty). Never logged.
+    study_date:
+        DICOM DA (``YYYYMMDD``) as received, or ``None``.
+    modality:
+        ``CT``, ``MR``, ``PT``, ``RTSTRUCT``, ... or ``None``.
+    series_number:
+        Series Number, or ``None``.
+    """
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    patient_id: str
+    study_date: str | None
+    modality: str | None
+    series_number: int | None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One indexed instance: its attributes and where and what its file is."""
+
+    attributes: InstanceAttributes
+    path: Path
+    size: int
+    sha256: str
+    received: float
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """What :meth:`DicomStore.store` did.
+
+    ``outcome`` is ``stored`` (new instance), ``duplicate`` (same UID, same bytes: nothing
+    written) or ``conflict`` (same UID, different bytes: the first copy was kept). In every case
+    the instance with this SOP Instance UID is durable and indexed when this is returned.
+    """
+
+    outcome: Outcome
+    record: InstanceRecord
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """Counts of what the index holds; ``jobs`` counts jobs by state."""
+
+    patients: int
+    studies: int
+    series: int
+    instances: int
+    jobs: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "patients": self.patients,
+            "studies": self.studies,
+            "series": self.series,
+            "instances": self.instances,
+            "jobs": dict(self.jobs),
+        }
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """One study as ``osteomics node ls`` lists it."""
+
+    study_uid: str
+    patient_id: str
+    study_date: str | None
+    modalities: tuple[str, ...]
+    series: int
+    instances: int
+    last_received: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study_uid": self.study_uid,
+            "patient_id": self.patient_id,
+            "study_date": self.study_date,
+            "modalities": list(self.modalities),
+            "series": self.series,
+            "instances": self.instances,
+            "last_received": self.last_received,
+        }
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :meth:`DicomStore.recover` repaired."""
+
+    temp_files_removed: int = 0
+    rows_without_file_removed: int = 0
+    files_indexed: int = 0
+    files_quarantined: int = 0
+
+    @property
+    def repaired(self) -> bool:
+        return any(
+            (
+                self.temp_files_removed,
+                self.rows_without_file_removed,
+                self.files_indexed,
+                self.files_quarantined,
+            )
+        )
+
+
+def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
+    """Parse the key attributes of a DICOM Part 10 file given as bytes, and validate them.
+
+    Parameters
+    ----------
+    data:
+        Preamble, File Meta Information and dataset, as written to disk.
+    source:
+        Where the bytes came from (a file name or ``"C-STORE from AE X"``), for messages.
+
+    Raises
+    ------
+    InvalidDatasetError
+        Undecodable bytes, a missing File Meta Information, or a missing or invalid UID
+        (:class:`~osteomics.radiology.errors.InvalidUIDError` is wrapped, its message kept).
+    """
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_INDEX_TAGS)
+        )
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
+    meta = getattr(ds, "file_meta", None)
+    try:
+        transfer_syntax = validate_uid(
+            str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
+            "Transfer Syntax UID",
+        )
+        attrs = InstanceAttributes(
+            sop_instance_uid=validate_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
+            sop_class_uid=validate_uid(_text(ds, "SOPClassUID"), "SOP Class UID"),
+            study_uid=validate_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
+            series_uid=validate_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
+            transfer_syntax=transfer_syntax,
+            patient_id=_text(ds, "PatientID"),
+            study_date=_text(ds, "StudyDate") or None,
+            modality=_text(ds, "Modality") or None,
+            series_number=_int_or_none(ds, "SeriesNumber"),
+        )
+    except InvalidUIDError as exc:
+        raise InvalidDatasetError(f"{source}: {exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:  # unreadable element values
+        raise InvalidDatasetError(f"{source}: an index attribute cannot be read ({exc})") from exc
+    media_uid = str(meta.get("MediaStorageSOPInstanceUID", "")) if meta is not None else ""
+    if media_uid and media_uid != attrs.sop_instance_uid:
+        raise InvalidDatasetError(
+            f"{source}: the File Meta Information names SOP Instance {media_uid[:80]!a} "
+            f"but the dataset is {attrs.sop_instance_uid}; the file is inconsistent"
+        )
+    return attrs
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    return str(value).strip("\x00 ")
+
+
+def _int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_no_space(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return False
+
+
+class DicomStore:
+    """The store under one storage root; see the module docstring for the layout and rules.
+
+    Parameters
+    ----------
+    root:
+        Storage folder; created if missing.
+
+    Raises
+    ------
+    StoreError
+        When the folder or its index cannot be created or opened.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.root / INDEX_NAME, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is durable once it returns (NORMAL may lose the last commits).
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error) as exc:
+            if _is_no_space(exc):
+                raise StorageFullError(
+                    f"storage root {self.root} is full; free space there and start again"
+                ) from exc
+            raise StoreError(
+                f"cannot open the study store at {self.root} ({exc}); check the folder exists "
+                "and is writable, or point [node] storage elsewhere"
+            ) from exc
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the index (files are always durable already)."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> DicomStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- paths -----------------------------------------------------------------------------
+
+    def relative_path(self, attrs: InstanceAttributes) -> Path:
+        """``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` (all three already validated)."""
+        return (
+            Path(validate_uid(attrs.study_uid))
+            / validate_uid(attrs.series_uid)
+            / f"{validate_uid(attrs.sop_instance_uid)}.dcm"
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def store(
+        self, data: bytes, source: str = "dataset", attributes: InstanceAttributes | None = None
+    ) -> StoreResult:
+        """Store one instance, durably, and index it; idempotent for duplicates.
+
+        Parameters
+        ----------
+        data:
+            The complete DICOM Part 10 file (preamble, File Meta Information, dataset).
+        source:
+            Where it came from, for messages (e.g. ``"C-STORE from AE ORTHANC"``).
+        attributes:
+            ``read_attributes(data)`` when the caller has it already (saves a parse).
+
+        Returns
+        -------
+        StoreResult
+            Returned only once the file is durable and its index row committed.
+
+        Raises
+        ------
+        InvalidDatasetError
+            The bytes are not a storable instance (nothing is written).
+        InconsistentDatasetError
+            Its series is already indexed under another study (nothing is written).
+        StorageFullError
+            The device is full; no temporary file, file or row of this instance is left.
+        StoreError
+            Any other I/O failure, with nothing half-written left behind.
+        """
+        attrs = attributes if attributes is not None else read_attributes(data, source)
+        rel = self.relative_path(attrs)
+        path = self.root / rel
+        sha256 = hashlib.sha256(data).hexdigest()
+
+        existing = self._lookup(attrs.sop_instance_uid)
+        if existing is not None:  # fast path for resends: no write at all
+            return self._duplicate(existing, sha256, source)
+
+        tmp: Path | None = None
+        try:
+            make_dirs_durable(path.parent, self.root)
+            tmp = write_temp_durable(path, data)
+        except OSError as exc:
+            raise self._write_error(exc, path) from exc
+
+        with self._lock:
+            try:
+                existing = self._lookup_locked(attrs.sop_instance_uid)
+                if existing is not None:  # another association stored it meanwhile
+                    tmp.unlink(missing_ok=True)
+                    return self._duplicate(existing, sha256, source)
+                self._check_consistency_locked(attrs)
+                received = time.time()
+                commit_rename(tmp, path)
+                tmp = None
+                try:
+                    self._insert_locked(attrs, rel, len(data), sha256, received)
+                except BaseException:
+                    # The row is not committed: take the file away again so that no file is
+                    # left that the sender was not told about.
+                    path.unlink(missing_ok=True)
+                    fsync_dir(path.parent)
+                    raise
+            except (OSError, sqlite3.Error) as exc:
+                raise self._write_error(exc, path) from exc
+            finally:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+        log.debug("stored %s (%d bytes)", attrs.sop_instance_uid, len(data))
+        record = InstanceRecord(attrs, path, len(data), sha256, received)
+        return StoreResult("stored", record)
+
+    def store_file(self, path: Path) -> StoreResult:
+        """Import a DICOM Part 10 file from disk (see :meth:`store`)."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidDatasetError(f"cannot read {path} ({exc.strerror or exc})") from exc
+        return self.store(data, source=str(path))
+
+    def _duplicate(self, existing: InstanceRecord, sha256: str, source: str) -> StoreResult:
+        uid = existing.attributes.sop_instance_uid
+        if existing.sha256 == sha256:
+            log.debug("duplicate %s: same bytes, nothing to do", uid)
+            return StoreResult("duplicate", existing)
+        log.warning(
+            "conflict for SOP Instance %s from %s: different bytes (sha256 %s) than the copy "
+            "kept (sha256 %s); the first copy is kept",
+            uid,
+            source,
+            sha256[:16],
+            existing.sha256[:16],
+        )
+        return StoreResult("conflict", existing)
+
+    def _write_error(self, exc: BaseException, path: Path) -> StoreError:
+        if _is_no_space(exc):
+            return StorageFullError(
+                f"storage {self.root} is full while writing {path.name}; nothing was kept of "
+                "it. Free space on that device (or move [node] storage) and resend"
+            )
+        return StoreError(
+            f"cannot write {path} ({exc}); check the storage folder {self.root} is writable"
+        )
+
+    def _check_consistency_locked(self, attrs: InstanceAttributes) -> None:
+        row = self._db.execute(
+            "SELECT study_uid FROM series WHERE series_uid = ?", (attrs.series_uid,)
+        ).fetchone()
+        if row is not None and row[0] != attrs.study_uid:
+            raise InconsistentDatasetError(
+                f"series {attrs.series_uid} is already stored under study {row[0]}, but "
+                f"instance {attrs.sop_instance_uid} puts it under study {attrs.study_uid}; "
+                "the sender must fix the object"
+            )
+
+    def _insert_locked(
+        self, attrs: InstanceAttributes, rel: Path, size: int, sha256: str, received: float
+    ) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT OR IGNORE INTO patients(patient_id, first_received) VALUES (?, ?)",
+                (attrs.patient_id, received),
+            )
+            db.execute(
+                "INSERT INTO studies(study_uid, patient_id, study_date, first_received,"
+                " last_received) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
+                (attrs.study_uid, attrs.patient_id, attrs.study_date, received, received),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO series(series_uid, study_uid, modality, series_number)"
+                " VALUES (?, ?, ?, ?)",
+                (attrs.series_uid, attrs.study_uid, attrs.modality, attrs.series_number),
+            )
+            db.execute(
+                "INSERT INTO instances(sop_instance_uid, series_uid, sop_class_uid,"
+                " transfer_syntax, path, size, sha256, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    attrs.sop_instance_uid,
+                    attrs.series_uid,
+                    attrs.sop_class_uid,
+                    attrs.transfer_syntax,
+                    rel.as_posix(),
+                    size,
+                    sha256,
+                    received,
+                ),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _lookup(self, sop_instance_uid: str) -> InstanceRecord | None:
+        with self._lock:
+            return self._lookup_locked(sop_instance_uid)
+
+    def _lookup_locked(self, sop_instance_uid: str) -> InstanceRecord | None:
+        row = self._db.execute(
+            "SELECT i.sop_instance_uid, i.sop_class_uid, s.study_uid, i.series_uid,"
+            " i.transfer_syntax, st.patient_id, st.study_date, s.modality, s.series_number,"
+            " i.path, i.size, i.sha256, i.received"
+            " FROM instances i JOIN series s USING (series_uid)"
+            " JOIN studies st ON st.study_uid = s.study_uid"
+            " WHERE i.sop_instance_uid = ?",
+            (sop_instance_uid,),
+        ).fetchone()
+        if row is None:
+            return None
+        attrs = InstanceAttributes(*row[:9])
+        return InstanceRecord(attrs, self.root / row[9], row[10], row[11], row[12])
+
+    def get(self, sop_instance_uid: str) -> InstanceRecord | None:
+        """The indexed instance with this SOP Instance UID, or ``None``."""
+        return self._lookup(sop_instance_uid)
+
+    def instances(self) -> Iterator[InstanceRecord]:
+        """Every indexed instance (a snapshot taken when called)."""
+        with self._lock:
+            uids = [r[0] for r in self._db.execute("SELECT sop_instance_uid FROM instances")]
+        for uid in uids:
+            record = self._lookup(uid)
+            if record is not None:
+                yield record
+
+    def status(self) -> StoreStatus:
+        """Counts of patients, studies, series, instances, and jobs by state."""
+        with self._lock:
+            counts = [
+                self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("patients", "studies", "series", "instances")
+            ]
+            jobs = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+        patients, studies, series, instances = counts
+        return StoreStatus(patients, studies, series, instances, jobs=jobs)
+
+    def studies(self) -> list[StudySummary]:
+        """Every study with its patient ID, date, modalities and counts, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT st.study_uid, st.patient_id, st.study_date,"
+                " (SELECT GROUP_CONCAT(DISTINCT modality) FROM series"
+                "   WHERE study_uid = st.study_uid),"
+                " (SELECT COUNT(*) FROM series WHERE study_uid = st.study_uid),"
+                " (SELECT COUNT(*) FROM instances i JOIN series s USING (series_uid)"
+                "   WHERE s.study_uid = st.study_uid),"
+                " st.last_received"
+                " FROM studies st ORDER BY st.last_received DESC, st.study_uid"
+            ).fetchall()
+        return [
+            StudySummary(
+                study_uid=r[0],
+                patient_id=r[1],
+                study_date=r[2],
+                modalities=tuple(sorted(m for m in (r[3] or "").split(",") if m)),
+                series=r[4],
+                instances=r[5],
+                last_received=r[6],
+            )
+            for r in rows
+        ]
+
+    # -- recovery --------------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Bring files and index back into agreement after a crash; run before serving.
+
+        - removes leftover temporary files;
+        - removes index rows whose file is gone (and studies/series/patients left empty);
+        - indexes ``.dcm`` files that have no row (a crash between rename and commit), after
+          checking that their UIDs match where they lie; files that cannot be indexed are moved
+          to ``root/.quarantine/`` and logged, never deleted.
+
+        Not to be run while the node is receiving.
+        """
+        temp_removed = 0
+        candidates: list[Path] = []
+        for study_dir in self._subdirs(self.root):
+            for series_dir in self._subdirs(study_dir):
+                for entry in series_dir.iterdir():
+                    if is_temp_file(entry):
+                        entry.unlink(missing_ok=True)
+                        temp_removed += 1
+                    elif entry.suffix == ".dcm" and entry.is_file():
+                        candidates.append(entry)
+                if temp_removed:
+                    fsync_dir(series_dir)
+
+        with self._lock:
+            indexed = {
+                row[0]: row[1]
+                for row in self._db.execute("SELECT path, sop_instance_uid FROM instances")
+            }
+        missing = [uid for rel, uid in indexed.items() if not (self.root / rel).is_file()]
+        if missing:
+            self._delete_rows(missing)
+
+        files_indexed = quarantined = 0
+        for path in candidates:
+            rel = path.relative_to(self.root).as_posix()
+            if rel in indexed:
+                continue
+            try:
+                attrs = read_attributes(path.read_bytes(), str(path))
+                if self.relative_path(attrs).as_posix() != rel:
+                    raise InvalidDatasetError(f"{path}: its UIDs do not match its location")
+                self._index_existing(path, attrs)
+                files_indexed += 1
+            except (InvalidDatasetError, InconsistentDatasetError) as exc:
+                self._quarantine(path, str(exc))
+                quarantined += 1
+        report = RecoveryReport(temp_removed, len(missing), files_indexed, quarantined)
+        if report.repaired:
+            log.warning("recovered the store at %s: %s", self.root, report)
+        return report
+
+    def _subdirs(self, folder: Path) -> list[Path]:
+        out = []
+        for entry in sorted(folder.iterdir()):
+            if not entry.is_dir() or entry.name == QUARANTINE_NAME:
+                continue
+            if not is_valid_uid(entry.name):
+                log.warning("ignoring %s: not a folder the store made", entry)
+                continue
+            out.append(entry)
+        return out
+
+    def _delete_rows(self, sop_instance_uids: list[str]) -> None:
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "DELETE FROM instances WHERE sop_instance_uid = ?",
+                    [(u,) for u in sop_instance_uids],
+                )
+                db.execute(
+                    "DELETE FROM series WHERE series_uid NOT IN"
+                    " (SELECT DISTINCT series_uid FROM instances)"
+                )
+                db.execute(
+                    "DELETE FROM studies WHERE study_uid NOT IN"
+                    " (SELECT DISTINCT study_uid FROM series)"
+                )
+                db.execute(
+                    "DELETE FROM patients WHERE patient_id NOT IN"
+                    " (SELECT DISTINCT patient_id FROM studies)"
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        for uid in sop_instance_uids:
+            log.warning("index row of %s removed: its file was missing", uid)
+
+    def _index_existing(self, path: Path, attrs: InstanceAttributes) -> None:
+        data = path.read_bytes()
+        with self._lock:
+            self._check_consistency_locked(attrs)
+            self._insert_locked(
+                attrs,
+                path.relative_to(self.root),
+                len(data),
+                hashlib.sha256(data).hexdigest(),
+                path.stat().st_mtime,
+            )
+        log.warning("indexed %s: its file had no index row", attrs.sop_instance_uid)
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        target_dir = self.root / QUARANTINE_NAME
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / f"{int(time.time())}-{path.name}"
+        shutil.move(path, target)
+        fsync_dir(path.parent)
+        fsync_dir(target_dir)
+        log.error("moved %s to %s: %s", path.name, target_dir, reason)
+
+
+@contextmanager
+def open_store(root: Path, recover: bool = True) -> Iterator[DicomStore]:
+    """Open the store at ``root`` (recovering it first unless told not to) and close it after."""
+    store = DicomStore(root)
+    try:
+        if recover:
+            store.recover()
+        yield store
+    finally:
+        store.close()
+
+
+__all__ = [
+    "DicomStore",
+    "InstanceAttributes",
+    "InstanceRecord",
+    "RecoveryReport",
+    "StoreResult",
+    "StoreStatus",
+    "StudySummary",
+    "open_store",
+    "read_attributes",
+]

@@ -1,0 +1,135 @@
+"""Fixtures of the radiology tests: the real STS studies, free local ports, a running node and
+DCMTK tools (with TCP_NODELAY=1, so that loopback C-STOREs do not stall on Nagle)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from osteomics.radiology.config import NodeConfig, load_node_config
+from osteomics.radiology.node import RunningNode, start_node
+
+NODE_AE = "OSTEOMICS"
+#: Calling AE titles the test node allows from 127.0.0.1.
+ALLOWED_AES = ("STORESCU", "ECHOSCU", "ORTHANC")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def port_factory() -> Callable[[], int]:
+    """Gives a free 127.0.0.1 TCP port each call."""
+    return free_port
+
+
+@pytest.fixture(scope="session")
+def sts_dir(data_dir: Path) -> Path:
+    return data_dir / "radiology" / "sts"
+
+
+@pytest.fixture(scope="session")
+def sts001_ct(sts_dir: Path) -> list[Path]:
+    """The CT images and CT RTSTRUCT of patient STS_001 (59 + 1 instances)."""
+    folder = sts_dir / "STS_001" / "CT"
+    return [*sorted((folder / "image").glob("*.dcm")), folder / "mask" / "RS.dcm"]
+
+
+@pytest.fixture(scope="session")
+def dcmtk() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a DCMTK tool against 127.0.0.1 with TCP_NODELAY=1 and a time limit."""
+    if shutil.which("storescu") is None or shutil.which("echoscu") is None:
+        pytest.fail("DCMTK is missing: run .ci/system-packages (apt-get install dcmtk)")
+
+    def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, TCP_NODELAY="1")
+        return subprocess.run(
+            [str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout
+        )
+
+    return run
+
+
+def write_node_toml(
+    folder: Path, port: int, allow: tuple[tuple[str, str], ...], extra: str = ""
+) -> Path:
+    """A node.toml in ``folder`` with storage ``store`` next to it."""
+    lines = [
+        "[node]",
+        f'ae_title = "{NODE_AE}"',
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        'storage = "store"',
+        "study_quiet_seconds = 2",
+        "max_associations = 8",
+        "",
+    ]
+    for ae, host in allow:
+        lines += ["[[node.allow]]", f'ae_title = "{ae}"', f'host = "{host}"', ""]
+    path = folder / "node.toml"
+    path.write_text("\n".join(lines) + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def node_config(tmp_path: Path) -> NodeConfig:
+    """Settings of a node on a free 127.0.0.1 port allowing the DCMTK and Orthanc AEs."""
+    allow = tuple((ae, "127.0.0.1") for ae in ALLOWED_AES)
+    return load_node_config(write_node_toml(tmp_path, free_port(), allow))
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
+    """Start nodes with a given allow-list ((AE title, host) pairs); all stopped after the test."""
+    started: list[RunningNode] = []
+
+    def make(allow: tuple[tuple[str, str], ...], name: str = "node") -> RunningNode:
+        folder = tmp_path / name
+        folder.mkdir()
+        running = start_node(load_node_config(write_node_toml(folder, free_port(), allow)))
+        started.append(running)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in started:
+            running.stop()
+
+
+@pytest.fixture
+def node(node_config: NodeConfig) -> Iterator[RunningNode]:
+    """A node serving in background threads; stopped after the test."""
+    running = start_node(node_config)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (writes fail with ENOSPC when full); needs root, as CI runs."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

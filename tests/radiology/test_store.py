@@ -1,0 +1,192 @@
+"""The study store on real STS instances: layout, durability rules, idempotence, recovery,
+and a real full disk (a small tmpfs)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from osteomics.radiology.errors import InvalidDatasetError, StorageFullError
+from osteomics.radiology.files import is_temp_file
+from osteomics.radiology.store import INDEX_NAME, QUARANTINE_NAME, DicomStore
+
+
+def _check_consistent(store: DicomStore) -> None:
+    """Invariant: every row has its file with the recorded bytes; every file has a row;
+    no temporary files."""
+    recorded = {}
+    for record in store.instances():
+        assert record.path.is_file(), record.path
+        data = record.path.read_bytes()
+        assert len(data) == record.size
+        assert hashlib.sha256(data).hexdigest() == record.sha256
+        recorded[record.path] = record
+    on_disk = {p for p in store.root.glob("*/*/*") if p.parent.parent.name != QUARANTINE_NAME}
+    assert not [p for p in on_disk if is_temp_file(p)]
+    assert {p for p in on_disk if p.suffix == ".dcm"} == set(recorded)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DicomStore]:
+    with DicomStore(tmp_path / "store") as s:
+        yield s
+
+
+def test_store_lays_out_files_by_uid_and_indexes_them(
+    store: DicomStore, sts001_ct: list[Path]
+) -> None:
+    for path in sts001_ct:
+        result = store.store_file(path)
+        assert result.outcome == "stored"
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        expected = (
+            store.root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        )
+        assert result.record.path == expected
+        assert expected.read_bytes() == path.read_bytes()  # byte-identical
+    status = store.status()
+    assert (status.patients, status.studies, status.series, status.instances) == (1, 1, 2, 60)
+    assert status.jobs == {}
+    (study,) = store.studies()
+    assert study.patient_id == "STS_001"
+    assert study.study_date == "20000907"
+    assert study.modalities == ("CT", "RTSTRUCT")
+    assert (study.series, study.instances) == (2, 60)
+    db = sqlite3.connect(store.root / INDEX_NAME)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    _check_consistent(store)
+
+
+def test_duplicate_with_same_bytes_is_a_no_op(store: DicomStore, sts001_ct: list[Path]) -> None:
+    first = store.store_file(sts001_ct[0])
+    mtime = first.record.path.stat().st_mtime_ns
+    again = store.store_file(sts001_ct[0])
+    assert again.outcome == "duplicate"
+    assert again.record == first.record
+    assert first.record.path.stat().st_mtime_ns == mtime
+    assert store.status().instances == 1
+    _check_consistent(store)
+
+
+def test_duplicate_with_different_bytes_keeps_the_first_and_logs_only_uids(
+    store: DicomStore, sts001_ct: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = sts001_ct[0]
+    first = store.store_file(original)
+    ds = pydicom.dcmread(original)
+    ds.SeriesDescription = "edited"
+    edited = tmp_path / "edited.dcm"
+    ds.save_as(edited)
+    with caplog.at_level(logging.WARNING, logger="osteomics.radiology.store"):
+        result = store.store_file(edited)
+    assert result.outcome == "conflict"
+    assert first.record.path.read_bytes() == original.read_bytes()
+    assert store.status().instances == 1
+    assert ds.SOPInstanceUID in caplog.text
+    assert "STS_001" not in caplog.text  # no patient ID in logs
+    _check_consistent(store)
+
+
+@pytest.mark.filterwarnings("ignore:.*VR UI:UserWarning")
+@pytest.mark.parametrize(
+    "bad_uid", ["1.2.3/../../evil", "1.2." + "3" * 70, "01.2.3", "../../../tmp/x"]
+)
+def test_invalid_sop_instance_uid_is_refused_and_nothing_written(
+    store: DicomStore, sts001_ct: list[Path], tmp_path: Path, bad_uid: str
+) -> None:
+    ds = pydicom.dcmread(sts001_ct[0])
+    ds.SOPInstanceUID = bad_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = bad_uid
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    with pytest.raises(InvalidDatasetError, match="SOP Instance UID"):
+        store.store_file(bad)
+    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(INDEX_NAME)) == []
+    assert store.status().instances == 0
+
+
+def test_not_dicom_is_refused(store: DicomStore, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"\x00" * 10)
+    with pytest.raises(InvalidDatasetError, match=r"junk\.dcm"):
+        store.store_file(junk)
+
+
+def test_recover_repairs_temp_files_orphan_rows_and_unindexed_files(
+    tmp_path: Path, sts001_ct: list[Path]
+) -> None:
+    root = tmp_path / "store"
+    with DicomStore(root) as store:
+        records = [store.store_file(p).record for p in sts001_ct[:5]]
+    series_dir = records[0].path.parent
+    # 1. a temporary file left by a crash during a write
+    (series_dir / f".{records[0].path.name}.0123abcd.tmp").write_bytes(b"partial")
+    # 2. an index row whose file is gone
+    records[1].path.unlink()
+    # 3. a complete file whose row was never committed (crash between rename and commit)
+    donor = tmp_path / "donor"
+    with DicomStore(donor) as other:
+        unindexed = other.store_file(sts001_ct[7]).record
+    target = root / unindexed.path.relative_to(donor)
+    shutil.copy(unindexed.path, target)
+    # 4. a file in a UID-named place that is not DICOM: quarantined, not deleted
+    garbage = series_dir / "1.2.3.dcm"
+    garbage.write_bytes(b"not dicom")
+
+    with DicomStore(root) as store:
+        report = store.recover()
+        assert report.temp_files_removed == 1
+        assert report.rows_without_file_removed == 1
+        assert report.files_indexed == 1
+        assert report.files_quarantined == 1
+        assert store.get(records[1].attributes.sop_instance_uid) is None
+        recovered = store.get(unindexed.attributes.sop_instance_uid)
+        assert recovered is not None and recovered.sha256 == unindexed.sha256
+        assert store.status().instances == 5  # 5 stored - 1 lost + 1 recovered
+        assert not garbage.exists()
+        assert [p.read_bytes() for p in (root / QUARANTINE_NAME).iterdir()] == [b"not dicom"]
+        _check_consistent(store)
+        assert not store.recover().repaired  # idempotent
+
+
+def test_recover_removes_empty_series_and_studies(tmp_path: Path, sts001_ct: list[Path]) -> None:
+    root = tmp_path / "store"
+    with DicomStore(root) as store:
+        rs = store.store_file(sts001_ct[-1]).record  # the RTSTRUCT: its own series
+        store.store_file(sts001_ct[0])
+    rs.path.unlink()
+    with DicomStore(root) as store:
+        store.recover()
+        status = store.status()
+        assert (status.studies, status.series, status.instances) == (1, 1, 1)
+
+
+def test_full_disk_raises_storage_full_leaves_nothing_half_written_and_recovers(
+    small_tmpfs: Path, sts_dir: Path
+) -> None:
+    files = sorted((sts_dir / "STS_002" / "CT" / "image").glob("*.dcm"))  # 48 x 48 KiB
+    root = small_tmpfs / "store"
+    stored = 0
+    with DicomStore(root) as store:
+        with pytest.raises(StorageFullError, match="full"):
+            for path in files:
+                store.store_file(path)
+                stored += 1
+        assert 0 < stored < len(files)
+        assert store.status().instances == stored
+        _check_consistent(store)
+        # space returns: the same store goes on
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)
+        for path in files[stored:]:
+            assert store.store_file(path).outcome == "stored"
+        assert store.status().instances == len(files)
+        _check_consistent(store)
