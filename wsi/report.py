@@ -143,7 +143,9 @@ def report_html(run: NecrosisRun, heatmaps: dict[str, bytes]) -> str:
         f"(weights sha256 {html.escape(str(run.model_card.get('weights_sha256', ''))[:16])}…), "
         f"run {html.escape(run.started)}. Necrosis rate = necrotic / (necrotic + viable tumour) "
         "area; non-tumour tissue is excluded. Huvos I &lt; 50 %, II 50-89 %, III 90-99 %, "
-        "IV 100 %; good responder &ge; 90 %. The interval is a 95 % bootstrap over tiles.</p>",
+        "IV 100 %; good responder &ge; 90 %. The interval is a 95 % bootstrap over tiles: it "
+        "covers which tiles were sampled, not the classifier's own error (see the model card "
+        "for its cross-validated accuracy).</p>",
     ]
     slides_by_case: dict[str, list[SlideNecrosis]] = {}
     for s in run.slides:
