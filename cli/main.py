@@ -9,7 +9,7 @@ import sys
 import typer
 
 from osteomics import OsteomicsError, __version__
-from osteomics.cli import demo, evaluate, info, necrosis, node, plugins, tile, train
+from osteomics.cli import demo, evaluate, info, necrosis, node, plugins, radiomics, tile, train
 
 app = typer.Typer(
     name="osteomics",
@@ -26,6 +26,7 @@ app.command("plugins")(plugins.list_plugins)
 app.command("train")(train.train)
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(node.app, name="node")
+app.command("radiomics")(radiomics.radiomics)
 
 
 def _version(value: bool) -> None:
