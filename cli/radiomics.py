@@ -1,18 +1,32 @@
-"""``osteomics radiomics INPUT --mask MASK --config NAME --out FILE``: IBSI features of one ROI."""
+"""``osteomics radiomics INPUT [--mask MASK] [--roi NAME] --config NAME --out FILE``: IBSI features.
+
+Patient IDs go to the output table only, never to the log or the console.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
 from osteomics.radiology.radiomics import (
+    Mask,
+    Volume,
     extract_features,
     load_config,
     read_nifti_mask,
     read_nifti_volume,
+)
+from osteomics.radiology.radiomics.dicom import (
+    dicom_modality,
+    read_dicom_series,
+    read_dicom_study,
+    read_rtstruct_mask,
+    read_seg_mask,
+    read_study_mask,
 )
 from osteomics.radiology.radiomics.errors import RadiomicsError
 from osteomics.radiology.radiomics.provenance import run_provenance
@@ -24,11 +38,81 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith((".nii", ".nii.gz"))
 
 
+@dataclass(frozen=True)
+class _Loaded:
+    volume: Volume
+    mask: Mask
+    identity: tuple[str | None, str | None, str | None, str | None]  # patient, study, series, mod
+
+
+def load_inputs(
+    input_path: Path, mask: Path | None, roi: str | None, modality: str | None = None
+) -> _Loaded:
+    """Read INPUT (and --mask) into a volume, a mask and the DICOM identity of the series.
+
+    - NIfTI image + ``mask`` NIfTI mask (``roi`` names it);
+    - DICOM series folder + ``mask`` RTSTRUCT or SEG file (``roi``: default the only ROI);
+    - DICOM study folder holding an image series and RTSTRUCT/SEG files (``modality`` picks the
+      series when there are several; ``roi``: default the only ROI).
+
+    Raises
+    ------
+    RadiomicsError
+        Unsupported input kinds (``store:``) and every reading error.
+    """
+    text = str(input_path)
+    if text.startswith("store:"):
+        raise RadiomicsError(
+            "store:<StudyInstanceUID> inputs are not implemented yet; give the study folder"
+        )
+    if _is_nifti(input_path):
+        if mask is None or not _is_nifti(mask):
+            raise RadiomicsError(
+                "a NIfTI image needs --mask pointing at a NIfTI mask (.nii/.nii.gz)"
+            )
+        return _Loaded(read_nifti_volume(input_path), read_nifti_mask(mask, name=roi), (None,) * 4)
+    if not input_path.is_dir():
+        raise RadiomicsError(
+            f"{input_path}: give a NIfTI image (.nii/.nii.gz), a DICOM series folder with "
+            "--mask RTSTRUCT/SEG, or a DICOM study folder"
+        )
+    if mask is not None:
+        kind = dicom_modality(mask)
+        if kind not in ("RTSTRUCT", "SEG"):
+            raise RadiomicsError(
+                f"{mask}: --mask with a DICOM folder must be an RTSTRUCT or SEG file"
+            )
+        image = read_dicom_series(input_path)
+        if kind == "SEG":
+            roi_mask = read_seg_mask(mask, image, roi)
+        else:
+            roi_mask = read_rtstruct_mask(mask, image, roi)
+    else:
+        study = read_dicom_study(input_path, modality=modality)
+        image = study.image
+        roi_mask = read_study_mask(study, roi)
+    info = image.info
+    return _Loaded(image.volume, roi_mask, (info.patient, info.study, info.series, info.modality))
+
+
 def radiomics(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="NIfTI image (.nii/.nii.gz)."),
-    mask: Path | None = typer.Option(None, "--mask", help="NIfTI mask (non-zero = ROI)."),
+    input_path: Path = typer.Argument(
+        ...,
+        metavar="INPUT",
+        help="NIfTI image, DICOM series folder (with --mask RS.dcm) or DICOM study folder.",
+    ),
+    mask: Path | None = typer.Option(
+        None,
+        "--mask",
+        help="NIfTI mask (non-zero = ROI), or RTSTRUCT/SEG file for a series folder.",
+    ),
     roi: str | None = typer.Option(
-        None, "--roi", help="ROI name for the table (default: mask file name)."
+        None,
+        "--roi",
+        help="ROI name (DICOM: default the only ROI; NIfTI: name for the table).",
+    ),
+    modality: str | None = typer.Option(
+        None, "--modality", help="CT, MR or PT: the image series of a study folder holding several."
     ),
     config: str = typer.Option(..., "--config", help="Shipped configuration name or a .toml file."),
     out: Path = typer.Option(..., "--out", help="Output table: .csv or .parquet."),
@@ -36,30 +120,24 @@ def radiomics(
 ) -> None:
     """Compute IBSI features; write the long table and FILE's provenance JSON next to it.
 
-    For now INPUT must be a NIfTI image with --mask a NIfTI mask; DICOM series, study folders
-    with RTSTRUCT/SEG and store:<StudyInstanceUID> inputs are not implemented yet.
+    INPUT: a NIfTI image with --mask a NIfTI mask; a DICOM series folder with --mask an RTSTRUCT
+    or SEG file; or a DICOM study folder (image series + RTSTRUCT/SEG found inside).
+    store:<StudyInstanceUID> inputs are not implemented yet.
     """
-    if not _is_nifti(input_path):
-        raise RadiomicsError(
-            f"{input_path}: only NIfTI inputs (.nii, .nii.gz) are supported so far; DICOM "
-            "series/study folders and store: inputs are not implemented yet"
-        )
-    if mask is None or not _is_nifti(mask):
-        raise RadiomicsError("a NIfTI image needs --mask pointing at a NIfTI mask (.nii/.nii.gz)")
     if out.suffix not in (".csv", ".parquet"):
         raise RadiomicsError(f"{out}: the output must end in .csv or .parquet")
     cfg = load_config(config)
     t0 = time.perf_counter()
-    volume = read_nifti_volume(input_path)
-    roi_mask = read_nifti_mask(mask, name=roi)
-    values = extract_features(volume, roi_mask, cfg)
+    loaded = load_inputs(input_path, mask, roi, modality)
+    values = extract_features(loaded.volume, loaded.mask, cfg)
     seconds = time.perf_counter() - t0
+    roi_mask = loaded.mask
 
     import pandas as pd
 
     table = pd.DataFrame(
         [
-            (None, None, None, None, roi_mask.name, v.family, v.feature, v.ibsi_id, v.value)
+            (*loaded.identity, roi_mask.name, v.family, v.feature, v.ibsi_id, v.value)
             for v in values
         ],
         columns=list(COLUMNS),
@@ -69,9 +147,8 @@ def radiomics(
         table.to_csv(out, index=False)
     else:
         table.to_parquet(out, index=False)
-    prov = run_provenance(
-        cfg, {"image": input_path, "mask": mask}, n_features=len(values), seconds=seconds
-    )
+    inputs = {"image": input_path} if mask is None else {"image": input_path, "mask": mask}
+    prov = run_provenance(cfg, inputs, n_features=len(values), seconds=seconds)
     prov["output"] = str(out)
     prov_path = out.with_name(out.name.removesuffix(out.suffix) + ".provenance.json")
     prov_path.write_text(json.dumps(prov, indent=2) + "\n")

@@ -15,6 +15,7 @@ from typing import Any
 
 from osteomics.radiology.radiomics.discretise import Discretisation
 from osteomics.radiology.radiomics.errors import RadiomicsConfigError
+from osteomics.radiology.radiomics.interpolate import Interpolation
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class RadiomicsConfig:
     description
         One line for humans.
     interpolation
-        Whether to resample to a new grid first (not implemented yet: must be False).
+        Resampling to a new grid first (IBSI-aligned grid centres), or None: none.
     resegmentation_range
         ``(lower, upper)`` intensity range kept in the intensity mask, intensity units; None: none.
     outlier_sigma
@@ -46,7 +47,7 @@ class RadiomicsConfig:
 
     name: str
     description: str = ""
-    interpolation: bool = False
+    interpolation: Interpolation | None = None
     resegmentation_range: tuple[float, float] | None = None
     outlier_sigma: float | None = None
     discretisation: Discretisation = field(default_factory=Discretisation)
@@ -81,14 +82,41 @@ def _discretisation(table: dict[str, Any], where: str) -> Discretisation:
     )
 
 
+_INTERPOLATION_KEYS = {"enabled", "in_plane_mm", "slice_mm", "image_method", "mask_method",
+                       "mask_threshold", "round_intensities"}  # fmt: skip
+
+
+def _interpolation(table: dict[str, Any], source: str) -> Interpolation | None:
+    unknown = set(table) - _INTERPOLATION_KEYS
+    if unknown:
+        raise RadiomicsConfigError(f"{source} [interpolation]: unknown keys {sorted(unknown)}")
+    if not table.get("enabled", False):
+        return None
+    if "in_plane_mm" not in table:
+        raise RadiomicsConfigError(
+            f"{source} [interpolation]: enabled needs in_plane_mm (and slice_mm for 3D)"
+        )
+    slice_mm = table.get("slice_mm")
+    try:
+        return Interpolation(
+            in_plane_mm=float(table["in_plane_mm"]),
+            slice_mm=None if slice_mm is None else float(slice_mm),
+            image_method=table.get("image_method", "linear"),
+            mask_method=table.get("mask_method", "linear"),
+            mask_threshold=float(table.get("mask_threshold", 0.5)),
+            round_intensities=bool(table.get("round_intensities", False)),
+        )
+    except RadiomicsConfigError as exc:
+        raise RadiomicsConfigError(f"{source} [interpolation]: {exc}") from exc
+
+
 def parse_config(data: dict[str, Any], source: str) -> RadiomicsConfig:
     """Build a :class:`RadiomicsConfig` from parsed TOML.
 
     Raises
     ------
     RadiomicsConfigError
-        Missing name, unknown keys or sections, invalid values, or interpolation requested
-        (not implemented yet).
+        Missing name, unknown keys or sections, invalid values.
     """
     known = {"name", "description", "interpolation", "resegmentation", "discretisation", "ivh",
              "local_intensity"}  # fmt: skip
@@ -97,11 +125,7 @@ def parse_config(data: dict[str, Any], source: str) -> RadiomicsConfig:
         raise RadiomicsConfigError(f"{source}: unknown sections or keys {sorted(unknown)}")
     if "name" not in data:
         raise RadiomicsConfigError(f"{source}: the configuration needs a name")
-    interpolation = bool(data.get("interpolation", {}).get("enabled", False))
-    if interpolation:
-        raise RadiomicsConfigError(
-            f"{source}: interpolation is not implemented yet; set [interpolation] enabled = false"
-        )
+    interpolation = _interpolation(data.get("interpolation", {}), source)
     reseg = data.get("resegmentation", {})
     rng = reseg.get("range")
     if rng is not None and (len(rng) != 2 or not rng[0] < rng[1]):

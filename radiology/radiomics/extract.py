@@ -1,8 +1,9 @@
 """``extract_features``: IBSI image processing, then every feature family, as a flat list.
 
-Processing order (IBSI 1 chapter 2): interpolation (not implemented yet: configurations must
-disable it), re-segmentation (range, then outliers) giving the intensity mask, discretisation,
-feature families. The morphological mask is the ROI before re-segmentation.
+Processing order (IBSI 1 chapter 2): interpolation of image and mask (IBSI grid alignment,
+partial-volume threshold, optional intensity rounding; :mod:`.interpolate`), re-segmentation
+(range, then outliers) giving the intensity mask, discretisation, feature families.
+The morphological mask is the ROI before re-segmentation.
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import numpy as np
 from numpy.typing import NDArray
 
 from osteomics.radiology.radiomics.config import RadiomicsConfig
-from osteomics.radiology.radiomics.discretise import discretise
+from osteomics.radiology.radiomics.discretise import discretise, n_bins_fixed_size
 from osteomics.radiology.radiomics.errors import EmptyMaskError, RadiomicsConfigError
 from osteomics.radiology.radiomics.features import GROUPS, REGISTRY, FeatureValue, Prepared
 from osteomics.radiology.radiomics.image import Mask, Volume, check_same_grid
+from osteomics.radiology.radiomics.interpolate import resample
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +49,17 @@ def prepare(volume: Volume, mask: Mask, config: RadiomicsConfig) -> Prepared:
     GeometryMismatchError, EmptyMaskError
         The mask is not on the image grid, or is (or becomes, after re-segmentation) empty.
     RadiomicsConfigError
-        The configuration asks for interpolation (not implemented yet) or does not fit the image.
+        The configuration does not fit the image.
     """
     check_same_grid(volume, mask)
-    if config.interpolation:
-        raise RadiomicsConfigError("interpolation is not implemented yet")
+    if config.interpolation is not None:
+        volume, mask = resample(volume, mask, config.interpolation)
+        if mask.n_voxels == 0:
+            raise EmptyMaskError(
+                f"ROI {mask.name!r} is empty after interpolation with configuration "
+                f"{config.name!r} (partial-volume threshold "
+                f"{config.interpolation.mask_threshold})"
+            )
     image = volume.array
     morph_mask = mask.array
     int_mask = resegment(image, morph_mask, config)
@@ -60,15 +69,41 @@ def prepare(volume: Volume, mask: Mask, config: RadiomicsConfig) -> Prepared:
         )
     disc = config.discretisation
     if disc.method == "fixed_bin_size" and disc.lower_bound is None and config.resegmentation_range:
-        from dataclasses import replace
-
         disc = replace(disc, lower_bound=config.resegmentation_range[0])
     grey = discretise(image, int_mask, disc)
     if config.ivh.method == "none":
         ivh_values = image[int_mask]
         ivh_step = 1.0
         ivh_range = config.resegmentation_range
+    elif config.ivh.method == "fixed_bin_size":
+        # Calibrated, continuous intensities (IBSI configuration C): bins of the given width
+        # from the re-segmentation lower bound, each voxel represented by its bin centre, on
+        # the re-segmentation range.
+        ivh_disc = config.ivh
+        if ivh_disc.lower_bound is None and config.resegmentation_range:
+            ivh_disc = replace(ivh_disc, lower_bound=config.resegmentation_range[0])
+        ivh_grey = discretise(image, int_mask, ivh_disc)
+        ivh_step = ivh_grey.bin_width
+        ivh_values = np.asarray(
+            ivh_grey.lower_bound + (ivh_grey.levels[int_mask] - 0.5) * ivh_step, dtype=np.float64
+        )
+        ivh_range = (
+            None
+            if config.resegmentation_range is None
+            else (
+                ivh_grey.lower_bound + 0.5 * ivh_step,
+                ivh_grey.lower_bound
+                + (
+                    n_bins_fixed_size(
+                        ivh_grey.lower_bound, config.resegmentation_range[1], ivh_step
+                    )
+                    - 0.5
+                )
+                * ivh_step,
+            )
+        )
     else:
+        # Arbitrary units (IBSI configuration E): grey levels 1..N_g, step 1.
         ivh_grey = discretise(image, int_mask, config.ivh)
         ivh_values = ivh_grey.levels[int_mask].astype(np.float64)
         ivh_step = 1.0

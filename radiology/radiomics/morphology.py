@@ -74,7 +74,8 @@ def moran_geary(
 ) -> tuple[float, float]:
     """Moran's I and Geary's C with inverse-distance weights over all voxel pairs.
 
-    Exact O(n²) computation in chunks of ``chunk`` rows (memory ``chunk * n`` floats).
+    Exact O(n²) computation in chunks of ``chunk`` rows (memory ``chunk * n`` floats): the
+    reference for :func:`moran_geary_grid`, which the features use.
     """
     n = values.size
     if n < 2:
@@ -96,6 +97,52 @@ def moran_geary(
         geary_num += float((w * (values[start:stop, None] - values[None, :]) ** 2).sum())
     if denom == 0:
         return math.nan, math.nan
+    moran = n / w_sum * moran_num / denom
+    geary = (n - 1) / (2 * w_sum) * geary_num / denom
+    return moran, geary
+
+
+def moran_geary_grid(
+    image: NDArray[np.float64], mask: NDArray[np.bool_], spacing_mm: tuple[float, float, float]
+) -> tuple[float, float]:
+    """Moran's I and Geary's C over all voxel pairs of ``mask``, exactly, by FFT convolution.
+
+    On a regular grid the inverse-distance weight ``w_ij = 1 / |p_i - p_j|`` depends only on the
+    displacement, so every pair sum is a correlation with the kernel ``K(d) = 1/|d|``
+    (``K(0) = 0``) over the ROI's bounding box: with ``m`` the ROI indicator and ``d = (x -
+    mean) m``, ``W = Σ m (K*m)``, ``Σ w d_i d_j = Σ d (K*d)`` and ``Σ w (x_i - x_j)² =
+    2 Σ d² (K*m) - 2 Σ d (K*d)``. Same values as :func:`moran_geary` (to float rounding,
+    about 1e-10 relative) in ``O(N log N)`` for ``N`` bounding-box voxels instead of ``O(n²)``.
+    """
+    from scipy.signal import fftconvolve
+
+    idx = np.argwhere(mask)
+    n = idx.shape[0]
+    if n < 2:
+        return math.nan, math.nan
+    lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    m = mask[box].astype(np.float64)
+    x = image[box]
+    values = x[mask[box]]
+    dev = np.where(mask[box], x - values.mean(), 0.0)
+    denom = float((dev**2).sum())
+    if denom == 0:
+        return math.nan, math.nan
+    shape = m.shape
+    grids = np.meshgrid(
+        *(np.arange(-(k - 1), k) * s for k, s in zip(shape, spacing_mm, strict=True)),
+        indexing="ij",
+        sparse=True,
+    )
+    dist = np.sqrt(sum(g**2 for g in grids))
+    with np.errstate(divide="ignore"):
+        kernel = np.where(dist > 0, 1.0 / dist, 0.0)
+    k_m = fftconvolve(m, kernel, mode="same")
+    k_d = fftconvolve(dev, kernel, mode="same")
+    w_sum = float((m * k_m).sum())
+    moran_num = float((dev * k_d).sum())
+    geary_num = 2.0 * float((dev**2 * k_m).sum()) - 2.0 * moran_num
     moran = n / w_sum * moran_num / denom
     geary = (n - 1) / (2 * w_sum) * geary_num / denom
     return moran, geary
@@ -173,7 +220,7 @@ def morphology_features(
     out["Area density (convex hull)"] = area / float(hull.area)
 
     out["Integrated intensity"] = float(int_values.mean()) * volume
-    moran, geary = moran_geary(int_values, int_pos)
+    moran, geary = moran_geary_grid(image, int_mask, spacing_mm)
     out["Moran's I index"] = moran
     out["Geary's C measure"] = geary
     return out

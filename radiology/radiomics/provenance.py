@@ -22,11 +22,30 @@ def sha256_file(path: Path, chunk_bytes: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, or of a folder (digest of its files' relative paths and
+    digests, sorted), bytes."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path), path.stat().st_size
+    digest = hashlib.sha256()
+    size = 0
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+        size += f.stat().st_size
+    return digest.hexdigest(), size
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _record(path: Path) -> dict[str, Any]:
+    digest, size = sha256_path(path)
+    return {"file": str(path), "bytes": size, "sha256": digest}
 
 
 def run_provenance(
@@ -39,7 +58,8 @@ def run_provenance(
     config
         The configuration used.
     inputs
-        Role (``image``, ``mask``) -> file; each is recorded with its size and SHA-256.
+        Role (``image``, ``mask``) -> file or folder; each is recorded with its size and
+        SHA-256 (see :func:`sha256_path`).
     n_features
         Number of feature rows written.
     seconds
@@ -53,12 +73,11 @@ def run_provenance(
         "time_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "packages": {d: _version(d) for d in ("numpy", "scipy", "scikit-image", "nibabel")},
-        "config": config.as_dict(),
-        "inputs": {
-            role: {"file": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for role, p in inputs.items()
+        "packages": {
+            d: _version(d) for d in ("numpy", "scipy", "scikit-image", "nibabel", "pydicom")
         },
+        "config": config.as_dict(),
+        "inputs": {role: _record(p) for role, p in inputs.items()},
         "n_features": n_features,
         "seconds": round(seconds, 3),
     }

@@ -51,11 +51,17 @@ def test_cli_writes_table_and_provenance(tmp_path: Path, suffix: str) -> None:
     assert len(prov["inputs"]["image"]["sha256"]) == 64
 
 
-def test_cli_dicom_input_is_a_clear_error(tmp_path: Path) -> None:
+def test_cli_folder_without_dicom_is_a_clear_error(tmp_path: Path) -> None:
     res = _run(str(tmp_path), "--config", "ibsi-digital-phantom", "--out", str(tmp_path / "x.csv"))
     assert res.returncode == 1
-    assert "not implemented yet" in res.stderr
+    assert "no CT, MR or PET image series" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_cli_store_input_not_implemented(tmp_path: Path) -> None:
+    res = _run("store:1.2.3", "--config", "ct", "--out", str(tmp_path / "x.csv"))
+    assert res.returncode == 1
+    assert "not implemented yet" in res.stderr
 
 
 def test_cli_unknown_config_lists_shipped(tmp_path: Path) -> None:

@@ -104,9 +104,17 @@ def test_config_unknown_name_lists_shipped() -> None:
     assert "ibsi-digital-phantom" in shipped_configs()
 
 
-def test_config_interpolation_not_yet() -> None:
-    with pytest.raises(RadiomicsConfigError, match="interpolation"):
+def test_config_interpolation_needs_spacing() -> None:
+    with pytest.raises(RadiomicsConfigError, match="in_plane_mm"):
         parse_config({"name": "x", "interpolation": {"enabled": True}}, "test")
+    with pytest.raises(RadiomicsConfigError, match="image_method"):
+        parse_config(
+            {
+                "name": "x",
+                "interpolation": {"enabled": True, "in_plane_mm": 2, "image_method": "x"},
+            },
+            "test",
+        )
 
 
 def test_config_from_toml_file(tmp_path: Path) -> None:

@@ -1,0 +1,421 @@
+"""DICOM reading on the real STS data: series geometry, RTSTRUCT rasterisation, PET SUV, bad
+inputs (modified copies of real files), IBSI interpolation, and configurations A-E end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from osteomics.radiology.radiomics import Mask, Volume, extract_features, load_config
+from osteomics.radiology.radiomics.dicom import (
+    RoiNotFoundError,
+    SeriesGeometryError,
+    SuvError,
+    read_dicom_series,
+    read_dicom_study,
+    read_rtstruct_mask,
+    read_study_mask,
+    suv_factor,
+)
+from osteomics.radiology.radiomics.errors import (
+    EmptyMaskError,
+    GeometryMismatchError,
+    ImageReadError,
+)
+from osteomics.radiology.radiomics.interpolate import Interpolation, resample
+from osteomics.radiology.radiomics.morphology import (
+    mesh,
+    mesh_volume_area,
+    moran_geary,
+    moran_geary_grid,
+    voxel_positions,
+)
+
+STS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "radiology" / "sts"
+CT = STS / "STS_001" / "CT"
+PET = STS / "STS_001" / "PET"
+ROI = "GTV_Mass_CT"  # the STS structure sets name the ROI per modality: GTV_Mass_<modality>
+
+pytestmark = pytest.mark.skipif(not CT.is_dir(), reason="STS data not available")
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return read_dicom_series(CT / "image")
+
+
+@pytest.fixture(scope="module")
+def ct_mask(ct):
+    return read_rtstruct_mask(CT / "mask" / "RS.dcm", ct, ROI)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _rs_copy(tmp_path: Path) -> tuple[Path, pydicom.Dataset]:
+    path = tmp_path / "RS.dcm"
+    shutil.copy(CT / "mask" / "RS.dcm", path)
+    return path, pydicom.dcmread(path)
+
+
+# --- geometry ------------------------------------------------------------------------------
+
+
+def test_ct_series_geometry(ct) -> None:
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in (CT / "image").glob("*.dcm")]
+    z = np.sort([float(h.ImagePositionPatient[2]) for h in headers])
+    vol = ct.volume
+    assert vol.shape == (59, int(headers[0].Rows), int(headers[0].Columns))
+    assert vol.spacing_mm[0] == pytest.approx(float(np.diff(z).mean()), abs=1e-6)
+    assert vol.spacing_mm[1:] == pytest.approx([float(v) for v in headers[0].PixelSpacing])
+    assert vol.origin_mm[2] == pytest.approx(z[0])
+    np.testing.assert_allclose(vol.direction, np.eye(3)[:, ::-1], atol=1e-6)
+    assert -1100 <= vol.array.min() < -500 and 500 < vol.array.max() <= 4000  # HU
+    assert ct.info.modality == "CT" and ct.info.units == "HU" and ct.info.patient == "STS_001"
+
+
+def test_slice_order_comes_from_positions_not_file_names(tmp_path: Path, ct) -> None:
+    folder = tmp_path / "shuffled"
+    folder.mkdir()
+    files = sorted((CT / "image").glob("*.dcm"))
+    rng = np.random.default_rng(1)
+    for i, f in zip(rng.permutation(len(files)), files, strict=True):
+        shutil.copy(f, folder / f"slice{i:03d}.dcm")
+    np.testing.assert_array_equal(read_dicom_series(folder).volume.array, ct.volume.array)
+
+
+def test_rtstruct_mask_matches_mesh_volume(ct, ct_mask) -> None:
+    assert ct_mask.name == ROI
+    assert ct_mask.array.shape == ct.volume.shape
+    assert 0 < ct_mask.n_voxels < ct_mask.array.size
+    voxel_volume = ct_mask.n_voxels * ct.volume.voxel_volume_mm3
+    mesh_volume, _ = mesh_volume_area(*mesh(ct_mask.array, ct_mask.spacing_mm))
+    assert voxel_volume == pytest.approx(mesh_volume, rel=0.02)
+    # the ROI does not touch the border of the (5 cm cropped) image
+    zs, ys, xs = np.nonzero(ct_mask.array)
+    assert zs.min() > 0 and ys.min() > 0 and xs.min() > 0
+    assert xs.max() < ct.volume.shape[2] - 1
+
+
+def test_same_roi_volume_on_ct_pet_mr() -> None:
+    volumes = []
+    for modality in ("CT", "PET", "MR_T1"):
+        image = read_dicom_series(STS / "STS_001" / modality / "image")
+        mask = read_rtstruct_mask(STS / "STS_001" / modality / "mask" / "RS.dcm", image)
+        volumes.append(mask.n_voxels * image.volume.voxel_volume_mm3)
+    assert max(volumes) / min(volumes) < 1.03
+
+
+# --- bad series ------------------------------------------------------------------------------
+
+
+def test_missing_slice_is_refused(tmp_path: Path) -> None:
+    folder = _copy(CT / "image", tmp_path / "image")
+    (folder / "000030.dcm").unlink()
+    with pytest.raises(SeriesGeometryError, match=r"1 missing slice\(s\).*gap of 6\.5"):
+        read_dicom_series(folder)
+
+
+def test_non_uniform_spacing_is_refused(tmp_path: Path) -> None:
+    folder = _copy(CT / "image", tmp_path / "image")
+    path = folder / "000030.dcm"
+    ds = pydicom.dcmread(path)
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y, z + 1.0]
+    ds.save_as(path)
+    with pytest.raises(SeriesGeometryError, match="non-uniform slice spacing"):
+        read_dicom_series(folder)
+
+
+def test_folder_without_series(tmp_path: Path) -> None:
+    with pytest.raises(ImageReadError, match="no CT, MR or PET image series"):
+        read_dicom_series(tmp_path)
+
+
+# --- bad RTSTRUCT ----------------------------------------------------------------------------
+
+
+def test_absent_roi_lists_names(tmp_path: Path, ct) -> None:
+    path, ds = _rs_copy(tmp_path)
+    ds.StructureSetROISequence[0].ROIName = "Tumour"
+    ds.save_as(path)
+    with pytest.raises(RoiNotFoundError, match=r"no ROI named 'GTV_Mass'.*holds: Tumour"):
+        read_rtstruct_mask(path, ct, "GTV_Mass")
+
+
+def test_contour_outside_image(tmp_path: Path, ct) -> None:
+    path, ds = _rs_copy(tmp_path)
+    contour = ds.ROIContourSequence[0].ContourSequence[5]
+    pts = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
+    pts[:, 0] += 500.0
+    contour.ContourData = [f"{v:.4f}" for v in pts.ravel()]
+    ds.save_as(path)
+    with pytest.raises(GeometryMismatchError, match="outside the image"):
+        read_rtstruct_mask(path, ct, ROI)
+
+
+def test_frame_of_reference_mismatch(tmp_path: Path, ct) -> None:
+    path, ds = _rs_copy(tmp_path)
+    ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID = "1.2.3.4.5"
+    ds.save_as(path)
+    with pytest.raises(GeometryMismatchError, match="frame of reference"):
+        read_rtstruct_mask(path, ct, ROI)
+
+
+def _set_contours(ds: pydicom.Dataset, polygons: list[np.ndarray], z: float) -> None:
+    seq = ds.ROIContourSequence[0].ContourSequence
+    template = seq[0]
+    items = []
+    for poly in polygons:
+        item = pydicom.Dataset()
+        item.ContourGeometricType = "CLOSED_PLANAR"
+        pts = np.column_stack([poly, np.full(len(poly), z)])
+        item.NumberOfContourPoints = len(pts)
+        item.ContourData = [f"{v:.4f}" for v in pts.ravel()]
+        if "ContourImageSequence" in template:
+            item.ContourImageSequence = template.ContourImageSequence
+        items.append(item)
+    ds.ROIContourSequence[0].ContourSequence = items
+
+
+def _square(vol: Volume, row0: float, col0: float, size: float) -> np.ndarray:
+    """Square with corners at (row, col) index positions, in patient x, y (axial image)."""
+    ox, oy, _ = vol.origin_mm
+    dy, dx = vol.spacing_mm[1:]
+    rows = np.array([row0, row0, row0 + size, row0 + size])
+    cols = np.array([col0, col0 + size, col0 + size, col0])
+    return np.column_stack([ox + cols * dx, oy + rows * dy])
+
+
+def test_empty_mask(tmp_path: Path, ct) -> None:
+    path, ds = _rs_copy(tmp_path)
+    vol = ct.volume
+    # a square 0.4 voxel wide between pixel centres encloses none of them
+    _set_contours(ds, [_square(vol, 10.3, 10.3, 0.4)], vol.origin_mm[2] + 3 * vol.spacing_mm[0])
+    ds.save_as(path)
+    with pytest.raises(EmptyMaskError, match="enclose no voxel"):
+        read_rtstruct_mask(path, ct, ROI)
+
+
+def test_holes_and_islands_even_odd(tmp_path: Path, ct) -> None:
+    path, ds = _rs_copy(tmp_path)
+    vol = ct.volume
+    outer = _square(vol, 9.5, 9.5, 20)  # 20 x 20 pixel centres (10..29)
+    hole = _square(vol, 14.5, 14.5, 10)  # 10 x 10 inside it
+    island = _square(vol, 49.5, 49.5, 5)  # separate 5 x 5
+    _set_contours(ds, [outer, hole, island], vol.origin_mm[2] + 3 * vol.spacing_mm[0])
+    ds.save_as(path)
+    mask = read_rtstruct_mask(path, ct, ROI)
+    assert mask.n_voxels == 400 - 100 + 25
+    assert mask.array[3].sum() == mask.n_voxels
+    assert not mask.array[3, 20, 20] and mask.array[3, 10, 10] and mask.array[3, 52, 52]
+
+
+def test_study_folder_finds_series_and_rtstruct() -> None:
+    study = read_dicom_study(STS / "STS_001" / "CT")
+    mask = read_study_mask(study, None)
+    assert mask.name == ROI and study.image.info.modality == "CT"
+    with pytest.raises(ImageReadError, match="several image series"):
+        read_dicom_study(STS / "STS_001")
+    pet = read_dicom_study(STS / "STS_001", modality="PT")
+    assert read_study_mask(pet, "GTV_Mass_PET").n_voxels > 0
+    with pytest.raises(RoiNotFoundError, match="GTV_Mass_PET"):
+        read_study_mask(pet, "GTV_Mass")
+
+
+# --- PET SUV ---------------------------------------------------------------------------------
+
+
+def test_pet_gml_is_read_as_suv() -> None:
+    image = read_dicom_series(PET / "image")
+    assert image.info.units == "SUVbw"
+    assert image.volume.array.min() >= 0 and 1 < image.volume.array.max() < 100
+
+
+def test_pet_bqml_converted_to_suv(tmp_path: Path) -> None:
+    folder = _copy(PET / "image", tmp_path / "image")
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.Units = "BQML"
+        ds.save_as(f)
+    bqml = read_dicom_series(folder)
+    gml = read_dicom_series(PET / "image")
+    ds = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True)
+    factor = (
+        float(ds.PatientWeight)
+        * 1000
+        / float(ds.RadiopharmaceuticalInformationSequence[0].RadionuclideTotalDose)
+    )  # DecayCorrection ADMIN: no decay
+    np.testing.assert_allclose(bqml.volume.array, gml.volume.array * factor, rtol=1e-12)
+    ds.DecayCorrection = "START"
+    rp = ds.RadiopharmaceuticalInformationSequence[0]
+    elapsed = 60 * 45 + 11  # injection 10:35:00 -> SeriesTime 11:20:11
+    decay = math.exp(-math.log(2) * elapsed / float(rp.RadionuclideHalfLife))
+    assert suv_factor(ds, "test") == pytest.approx(factor / decay, rel=1e-9)
+
+
+def test_pet_missing_suv_tags(tmp_path: Path) -> None:
+    folder = _copy(PET / "image", tmp_path / "image")
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.Units = "BQML"
+        del ds.PatientWeight
+        ds.save_as(f)
+    with pytest.raises(SuvError, match="PatientWeight"):
+        read_dicom_series(folder)
+
+
+# --- interpolation and Moran/Geary ------------------------------------------------------------
+
+
+def test_interpolation_grid_alignment() -> None:
+    array = np.arange(5 * 6 * 7, dtype=np.float64).reshape(5, 6, 7)
+    vol = Volume(array, (1.0, 1.0, 1.0), origin_mm=(10.0, 20.0, 30.0))
+    mask = Mask(np.ones_like(array, dtype=bool), (1.0, 1.0, 1.0), origin_mm=(10.0, 20.0, 30.0))
+    new_vol, new_mask = resample(vol, mask, Interpolation(in_plane_mm=2.0, slice_mm=2.0))
+    # ceil(n / 2) voxels, centred on the original grid centre
+    assert new_vol.shape == (3, 3, 4)
+    assert new_vol.spacing_mm == (2.0, 2.0, 2.0)
+    # x: 7 voxels -> 4 new ones at original index 3 + (j - 1.5) * 2 = 0, 2, 4, 6
+    assert new_vol.origin_mm == pytest.approx((10.0, 20.5, 30.0))
+    assert new_vol.array[0, 0, 0] == pytest.approx((array[0, 0, 0] + array[0, 1, 0]) / 2)
+    assert new_mask.array.all()
+    # 2D: slices kept
+    flat_vol, _ = resample(vol, mask, Interpolation(in_plane_mm=2.0))
+    assert flat_vol.shape == (5, 3, 4) and flat_vol.spacing_mm[0] == 1.0
+
+
+def test_mask_partial_volume_threshold() -> None:
+    array = np.zeros((1, 1, 4))
+    roi = np.array([[[True, True, False, False]]])
+    vol = Volume(array, (1.0, 1.0, 1.0))
+    new = Interpolation(in_plane_mm=0.5, mask_threshold=0.5)
+    _, mask = resample(vol, Mask(roi, (1.0, 1.0, 1.0)), new)
+    # 2 x 8 new voxels at index y = -0.25, 0.25 and x = -0.25, 0.25, ..., 3.25; zero beyond the
+    # grid, so fractions 0.75 * (0.75, 1, 1, 0.75, 0.25, 0, 0, 0) = 0.56, 0.75, ...
+    assert mask.array.shape == (1, 2, 8)
+    assert mask.array[0, 0].tolist() == [True] * 4 + [False] * 4
+
+
+def test_moran_geary_fft_equals_pairwise() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(5, 8, 9)).cumsum(axis=2)
+    roi = rng.random(image.shape) > 0.3
+    spacing = (3.27, 0.98, 0.98)
+    exact = moran_geary(image[roi], voxel_positions(roi, spacing))
+    assert moran_geary_grid(image, roi, spacing) == pytest.approx(exact, rel=1e-9)
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["a", "b", "c", "d", "e"])
+def test_ibsi_configs_on_sts_ct(ct, ct_mask, name: str) -> None:
+    t0 = time.perf_counter()
+    rows = extract_features(ct.volume, ct_mask, load_config(f"ibsi-config-{name}"))
+    seconds = time.perf_counter() - t0
+    assert len(rows) == 482
+    assert all(math.isfinite(r.value) for r in rows)
+    values = {(r.family, r.feature): r.value for r in rows}
+    assert values[("Morphology", "Volume (mesh)")] == pytest.approx(365_000, rel=0.01)
+    assert seconds < 60
+
+
+def test_default_configs_parse() -> None:
+    for name in ("ct", "mr", "pet"):
+        assert load_config(name).interpolation is not None
+
+
+def test_cli_study_folder_fills_identity(tmp_path: Path) -> None:
+    study = _copy(CT, tmp_path / "study")
+    out = tmp_path / "f.csv"
+    cmd = [sys.executable, "-m", "osteomics.cli.main", "radiomics", str(study),
+           "--config", "ibsi-config-c", "--out", str(out), "--json"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(out)
+    first = table.iloc[0]
+    assert (first.patient, first.modality, first.roi) == ("STS_001", "CT", ROI)
+    assert table.study.nunique() == table.series.nunique() == 1
+    assert "STS_001" not in res.stdout + res.stderr  # patient IDs never logged
+    prov = json.loads(Path(json.loads(res.stdout)["provenance"]).read_text())
+    assert len(prov["inputs"]["image"]["sha256"]) == 64
+
+
+def test_cli_series_folder_with_rtstruct_and_roi_errors(tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "osteomics.cli.main", "radiomics", str(CT / "image"),
+            "--mask", str(CT / "mask" / "RS.dcm"), "--config", "ibsi-config-a",
+            "--out", str(tmp_path / "f.csv")]  # fmt: skip
+    res = subprocess.run([*base, "--roi", "GTV_Mass"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert "GTV_Mass_CT" in res.stderr and "Traceback" not in res.stderr
+
+
+# --- DICOM SEG --------------------------------------------------------------------------------
+
+
+def _write_seg(ct, mask: Mask, path: Path, label: str = ROI) -> None:
+    """A binary DICOM SEG of ``mask`` on the real CT slices (highdicom)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    by_uid = {}
+    for f in (CT / "image").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        by_uid[str(ds.SOPInstanceUID)] = ds
+    sources = [by_uid[u] for u in ct.sop_instance_uids]
+    description = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=label,
+        segmented_property_category=codes.SCT.Tissue,
+        segmented_property_type=codes.SCT.Neoplasm,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+    )
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=mask.array.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[description],
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="osteomics tests",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(path)
+
+
+def test_seg_mask_equals_rtstruct_mask(tmp_path: Path, ct, ct_mask) -> None:
+    pytest.importorskip("highdicom")
+    from osteomics.radiology.radiomics.dicom import read_seg_mask
+
+    path = tmp_path / "seg.dcm"
+    _write_seg(ct, ct_mask, path)
+    seg_mask = read_seg_mask(path, ct)
+    assert seg_mask.name == ROI
+    np.testing.assert_array_equal(seg_mask.array, ct_mask.array)
+    with pytest.raises(RoiNotFoundError, match=ROI):
+        read_seg_mask(path, ct, "GTV_Mass")
+    # a study folder with the image series and the SEG (no RTSTRUCT)
+    study_dir = tmp_path / "study"
+    shutil.copytree(CT / "image", study_dir / "image")
+    shutil.copy(path, study_dir / "seg.dcm")
+    study = read_dicom_study(study_dir)
+    assert study.segs and not study.rtstructs
+    np.testing.assert_array_equal(read_study_mask(study, None).array, ct_mask.array)
