@@ -9,6 +9,7 @@ import typer
 
 from osteomics.radiology.config import NodeConfig, load_node_config
 from osteomics.radiology.node import RunningNode, echo, serve
+from osteomics.radiology.pacs import get_connector, pull
 from osteomics.radiology.store import open_store
 
 app = typer.Typer(
@@ -95,3 +96,46 @@ def ls_command(
             f"{'/'.join(s.modalities) or '-':<16} {s.series:>3} series {s.instances:>6} "
             f"instances  {s.study_uid}"
         )
+
+
+@app.command("pull")
+def pull_command(
+    config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
+    remote: str = typer.Option(..., "--from", help="A remote of node.toml ([remotes.NAME])."),
+    patient_id: str | None = typer.Option(None, "--patient-id", help="Pull this patient."),
+    study_uid: str | None = typer.Option(None, "--study-uid", help="Pull this study."),
+    connector: str = typer.Option("dimse", "--connector", help="PACS connector plugin."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each answer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """C-FIND then C-MOVE studies from a remote PACS to this node; needs `node serve` running.
+
+    Exit code 1 when a sub-operation failed or nothing matched.
+    """
+    cfg = _config(config)
+    report = pull(
+        cfg,
+        remote,
+        patient_id=patient_id,
+        study_uid=study_uid,
+        connector=get_connector(cfg, connector, timeout_s=timeout),
+    )
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for s in report.studies:
+            typer.echo(
+                f"{s.match.study_uid}  {'/'.join(s.match.modalities) or '-'}: C-MOVE "
+                f"0x{s.move.status:04X}, {s.move.completed} completed, {s.move.failed} failed, "
+                f"{s.move.warning} warning; stored {s.stored_series} series, "
+                f"{s.stored_instances} instances"
+            )
+        typer.echo(
+            f"{remote}: {len(report.studies)} studies, {report.series} series, "
+            f"{report.instances} instances stored; {report.failed} failed"
+        )
+    if not report.studies:
+        typer.secho(f"{remote}: no study matched", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -47,3 +47,11 @@ class UnknownRemoteError(NodeConfigError, LookupError):
 
 class AssociationFailedError(RadiologyError, ConnectionError):
     """An association with a remote AE could not be established or was refused."""
+
+
+class JobLeaseLostError(RadiologyError, RuntimeError):
+    """A worker completed or failed a job whose lease had expired (it was re-queued)."""
+
+
+class PacsQueryError(RadiologyError, ConnectionError):
+    """A C-FIND or C-MOVE to a remote PACS failed (refused, timed out, or an error status)."""

@@ -27,11 +27,11 @@ def is_temp_file(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
 
 
-def write_temp_durable(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a new temporary file next to ``path`` and fsync it.
+def write_temp(path: Path, data: bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to a new temporary file next to ``path`` (fsynced when asked).
 
-    Returns the temporary path; the caller renames it into place with :func:`commit_rename`.
-    On any error the temporary file is removed before the error propagates.
+    Returns the temporary path. On any error the temporary file is removed before the error
+    propagates.
     """
     tmp = temp_path_for(path)
     try:
@@ -41,13 +41,32 @@ def write_temp_durable(path: Path, data: bytes) -> Path:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if fsync:
+                os.fsync(fd)
         finally:
             os.close(fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def write_temp_durable(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new temporary file next to ``path`` and fsync it.
+
+    Returns the temporary path; the caller renames it into place with :func:`commit_rename`.
+    On any error the temporary file is removed before the error propagates.
+    """
+    return write_temp(path, data, fsync=True)
+
+
+def fsync_file(path: Path) -> None:
+    """fsync a file's data and metadata (errors such as ENOSPC surface here too)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def commit_rename(tmp: Path, path: Path) -> None:

@@ -37,6 +37,7 @@ from osteomics.radiology.errors import (
     StorageFullError,
     StoreError,
 )
+from osteomics.radiology.jobs import JobQueue, QuietStudyScheduler
 from osteomics.radiology.store import DicomStore, read_attributes
 
 log = logging.getLogger(__name__)
@@ -98,16 +99,24 @@ class RunningNode:
         pynetdicom's threaded association server.
     port:
         The port it actually listens on (useful when the config asked for port 0).
+    jobs:
+        The job queue in the store's index.
+    scheduler:
+        The thread that queues ``study_complete`` jobs for quiet studies.
     """
 
     config: NodeConfig
     store: DicomStore
     server: ThreadedAssociationServer
     port: int
+    jobs: JobQueue
+    scheduler: QuietStudyScheduler
 
     def stop(self) -> None:
-        """Stop accepting, end the running associations, close the store."""
+        """Stop accepting, end the running associations, stop the scheduler, close the store."""
         self.server.shutdown()
+        self.scheduler.stop()
+        self.jobs.close()
         self.store.close()
         log.info("node %s stopped", self.config.ae_title)
 
@@ -131,7 +140,8 @@ def build_ae(config: NodeConfig) -> AE:
 
 
 def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNode:
-    """Recover the store, then listen on ``config.host:config.port`` in background threads.
+    """Recover the store, queue jobs for studies that went quiet while the node was down, then
+    listen on ``config.host:config.port`` and queue ``study_complete`` jobs in background threads.
 
     Parameters
     ----------
@@ -156,9 +166,11 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     report = store.recover()
     if report.repaired:
         log.warning("store repaired at start: %s", report)
+    jobs = JobQueue(config.storage)
+    jobs.queue_quiet_studies(config.study_quiet_seconds)
     ae = build_ae(config)
     handlers: list[Any] = [
-        (evt.EVT_CONN_OPEN, _on_conn_open),
+        (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_REQUESTED, _on_requested, [config]),
         (evt.EVT_C_STORE, _on_c_store, [store]),
     ]
@@ -170,6 +182,7 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
             ssl_context=_server_ssl_context(config),
         )
     except OSError as exc:
+        jobs.close()
         store.close()
         raise AssociationFailedError(
             f"node {config.ae_title} cannot listen on {config.host}:{config.port} "
@@ -179,7 +192,8 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     assert server is not None
     port = int(server.server_address[1])
     log.info("node %s listening on %s:%d", config.ae_title, config.host, port)
-    return RunningNode(config, store, server, port)
+    scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds).start()
+    return RunningNode(config, store, server, port, jobs, scheduler)
 
 
 def serve(config: NodeConfig, ready: Callable[[RunningNode], None] | None = None) -> None:
@@ -235,7 +249,7 @@ def echo(config: NodeConfig, remote: RemoteNode, timeout_s: float = 10.0) -> Ech
         remote.host,
         remote.port,
         ae_title=remote.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
     )
     if not assoc.is_established:
         reason = "rejected the association" if assoc.is_rejected else "could not be reached"
@@ -257,7 +271,7 @@ def echo(config: NodeConfig, remote: RemoteNode, timeout_s: float = 10.0) -> Ech
 # -- event handlers -------------------------------------------------------------------------
 
 
-def _on_conn_open(event: evt.Event) -> None:
+def set_tcp_nodelay(event: evt.Event) -> None:
     """Turn Nagle's algorithm off on every association socket (ours and accepted ones)."""
     sock = getattr(event.assoc.dul.socket, "socket", None)
     if sock is not None:
@@ -333,11 +347,27 @@ def _on_c_store(event: evt.Event, store: DicomStore) -> int:
     return STATUS_SUCCESS
 
 
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """An SSL context whose server sockets shake hands on first use, not in ``accept``.
+
+    pynetdicom wraps each accepted socket in its single accepting thread; with the default
+    handshake-on-wrap, one peer that connects and sends nothing (or plain DICOM) would hold up
+    every other connection. Deferred, the handshake runs in the association's own thread.
+    """
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if kwargs.get("server_side"):
+            kwargs["do_handshake_on_connect"] = False
+            sock.settimeout(ACSE_TIMEOUT_S)
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
 def _server_ssl_context(config: NodeConfig) -> ssl.SSLContext | None:
     """A server TLS context from ``[node.tls]`` (peer certificates required when ``ca`` is set)."""
     if config.tls is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(config.tls.certificate), str(config.tls.key))
     if config.tls.ca is not None:
         context.load_verify_locations(str(config.tls.ca))

@@ -8,33 +8,47 @@ Layout under the storage root (every path component is a validated UID)::
     root/.quarantine/                      files recover() found but could not index
 
 The rule the node relies on: :meth:`DicomStore.store` returns only after the file is on disk
-(temporary file, fsync, rename, fsync of the folder) *and* its index row is committed, so a
-Success C-STORE response always means "durable and indexed". A crash at any point leaves at
-most a temporary file or a renamed file without a row; :meth:`DicomStore.recover` (run at
-start-up) removes the former and indexes the latter.
+(temporary file, rename into place, fsync of the file, fsync of the folder) *and* its index row
+is committed, so a Success C-STORE response always means "durable and indexed". The index runs
+with ``synchronous=NORMAL`` (WAL): a commit survives a crash of the process at once, and after a
+power loss a lost row is rebuilt from its durable file. A crash at any point leaves at most a
+temporary file or a file without a row (complete; after a power loss possibly incomplete);
+:meth:`DicomStore.recover` (run at start-up) removes the former, indexes complete files without
+rows and quarantines incomplete ones (and drops rows whose file was removed by hand). An
+instance left in any of these states had not been answered Success, or is indexed again.
 
 Thread safety: one :class:`DicomStore` is shared by every association thread. File content is
-written and fsynced in parallel; the index check, the rename and the commit of one instance are
-serialised by a lock, which also makes concurrent duplicates idempotent.
+written and fsynced in parallel (outside the lock, the folder's fsync beside the file's, so the
+file system can commit them, and several associations' files, in one journal commit); the
+index check and the rename, and later the commit, of one instance are serialised by a lock,
+and a second writer of the same SOP Instance UID waits for the first, which makes concurrent
+duplicates idempotent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import os
 import shutil
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.tag import BaseTag, Tag
 
 from osteomics.radiology.errors import (
     InconsistentDatasetError,
@@ -45,11 +59,11 @@ from osteomics.radiology.errors import (
 )
 from osteomics.radiology.files import (
     NO_SPACE_ERRNOS,
-    commit_rename,
     fsync_dir,
+    fsync_file,
     is_temp_file,
     make_dirs_durable,
-    write_temp_durable,
+    write_temp,
 )
 from osteomics.radiology.uids import is_valid_uid, validate_uid
 
@@ -57,7 +71,7 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite"
 QUARANTINE_NAME = ".quarantine"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -97,8 +111,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts        INTEGER NOT NULL DEFAULT 0,
     created         REAL NOT NULL,
     updated         REAL NOT NULL,
-    error           TEXT
+    error           TEXT,
+    study_received  REAL,                       -- the study's last_received the job covers
+    lease_until     REAL,                       -- a running job is re-queued after this
+    claim_token     TEXT                        -- who holds a running job
 );
+"""
+
+#: Columns added to ``jobs`` in schema version 2 (added to a version-1 index when opened).
+_JOBS_V2_COLUMNS = {"study_received": "REAL", "lease_until": "REAL", "claim_token": "TEXT"}
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, kind);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
 """
 
 #: The attributes the index needs; parsing stops after these (never the pixel data).
@@ -112,6 +137,10 @@ _INDEX_TAGS = [
     "Modality",
     "SeriesNumber",
 ]
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Tags :func:`read_attributes` keeps while walking a dataset (plus the character set).
+_SCAN_TAGS = frozenset(Tag(keyword) for keyword in (*_INDEX_TAGS, "SpecificCharacterSet"))
 
 Outcome = Literal["stored", "duplicate", "conflict"]
 
@@ -237,6 +266,9 @@ class RecoveryReport:
 def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
     """Parse the key attributes of a DICOM Part 10 file given as bytes, and validate them.
 
+    One pass over the dataset: the index attributes are taken on the way, values are not
+    decoded, and the dataset must be complete (see :func:`check_complete`).
+
     Parameters
     ----------
     data:
@@ -247,27 +279,21 @@ def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
     Raises
     ------
     InvalidDatasetError
-        Undecodable bytes, a missing File Meta Information, or a missing or invalid UID
+        Undecodable or truncated bytes, a missing File Meta Information, an index attribute
+        with the wrong VR, or a missing or invalid UID
         (:class:`~osteomics.radiology.errors.InvalidUIDError` is wrapped, its message kept).
+    InconsistentDatasetError
+        The File Meta Information (built from the C-STORE command by the node) names another
+        SOP Instance than the dataset.
     """
+    meta, ds = _scan(data, source)
     try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_INDEX_TAGS)
-        )
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
-    meta = getattr(ds, "file_meta", None)
-    try:
-        transfer_syntax = validate_uid(
-            str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
-            "Transfer Syntax UID",
-        )
         attrs = InstanceAttributes(
             sop_instance_uid=validate_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
             sop_class_uid=validate_uid(_text(ds, "SOPClassUID"), "SOP Class UID"),
             study_uid=validate_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
             series_uid=validate_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
-            transfer_syntax=transfer_syntax,
+            transfer_syntax=str(meta.TransferSyntaxUID),
             patient_id=_text(ds, "PatientID"),
             study_date=_text(ds, "StudyDate") or None,
             modality=_text(ds, "Modality") or None,
@@ -277,13 +303,100 @@ def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
         raise InvalidDatasetError(f"{source}: {exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:  # unreadable element values
         raise InvalidDatasetError(f"{source}: an index attribute cannot be read ({exc})") from exc
-    media_uid = str(meta.get("MediaStorageSOPInstanceUID", "")) if meta is not None else ""
+    media_uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
     if media_uid and media_uid != attrs.sop_instance_uid:
-        raise InvalidDatasetError(
-            f"{source}: the File Meta Information names SOP Instance {media_uid[:80]!a} "
-            f"but the dataset is {attrs.sop_instance_uid}; the file is inconsistent"
+        raise InconsistentDatasetError(
+            f"{source}: the File Meta Information (or C-STORE command) names SOP Instance "
+            f"{media_uid[:80]!a} but the dataset is {attrs.sop_instance_uid}; the sender must "
+            "fix the object"
         )
+    _check_vrs(ds, source)
     return attrs
+
+
+def _scan(data: bytes, source: str) -> tuple[pydicom.Dataset, pydicom.Dataset]:
+    """File Meta Information and a dataset of the index attributes, in one walk that also
+    refuses a truncated dataset."""
+    fp = io.BytesIO(data)
+    try:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
+    try:
+        ts = pydicom.uid.UID(
+            validate_uid(str(meta.get("TransferSyntaxUID", "")), "Transfer Syntax UID")
+        )
+    except InvalidUIDError as exc:
+        raise InvalidDatasetError(f"{source}: {exc}") from exc
+    if ts.is_deflated:  # compressed dataset: let pydicom inflate it (not checked for truncation)
+        try:
+            ds = pydicom.dcmread(
+                io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_INDEX_TAGS)
+            )
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+            raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
+        return meta, ds
+    implicit = ts == pydicom.uid.ImplicitVRLittleEndian
+    little = ts != pydicom.uid.ExplicitVRBigEndian
+    found: dict[BaseTag, Any] = {}
+    end = fp.tell()
+    try:
+        for element in data_element_generator(fp, implicit, little):
+            length = getattr(element, "length", None)
+            value = getattr(element, "value", None)
+            if (
+                isinstance(length, int)
+                and length != _UNDEFINED_LENGTH
+                and isinstance(value, bytes)
+                and len(value) != length
+            ):
+                raise InvalidDatasetError(
+                    f"{source}: truncated dataset: element {element.tag} declares {length} "
+                    f"bytes but only {len(value)} arrived; the sender must resend it"
+                )
+            if element.tag in _SCAN_TAGS:
+                found[element.tag] = element
+            end = fp.tell()
+    except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise InvalidDatasetError(f"{source}: truncated or undecodable dataset ({exc})") from exc
+    if end != len(data):
+        raise InvalidDatasetError(
+            f"{source}: truncated dataset: {len(data) - end} byte(s) after the last complete "
+            "element; the sender must resend it"
+        )
+    index = pydicom.Dataset(found)
+    index.set_original_encoding(implicit, little)
+    return meta, index
+
+
+def _check_vrs(ds: pydicom.Dataset, source: str) -> None:
+    """Refuse index attributes encoded with another VR than the dictionary's (explicit VR)."""
+    for keyword in _INDEX_TAGS:
+        if keyword not in ds:
+            continue
+        element = ds[keyword]
+        expected, found = dictionary_VR(element.tag), str(element.VR)
+        if found != expected:
+            raise InvalidDatasetError(
+                f"{source}: {keyword} {element.tag} is encoded with VR {found}, not "
+                f"{expected} as DICOM defines it; the sender must fix the object"
+            )
+
+
+def check_complete(data: bytes, source: str = "dataset") -> None:
+    """Refuse a truncated dataset: its last element must end exactly where the bytes end.
+
+    pydicom reads a dataset cut inside an element value without complaint (the value is just
+    shorter), so the top-level elements are walked (values are not decoded; sequences of
+    undefined length must find their delimiters). Deflated datasets are not checked.
+
+    Raises
+    ------
+    InvalidDatasetError
+        The bytes end inside an element (or its header), or a sequence is not terminated.
+    """
+    _scan(data, source)
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:
@@ -301,6 +414,45 @@ def _int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def open_index(root: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> sqlite3.Connection:
+    """Open (creating or upgrading) the SQLite index of the store at ``root``.
+
+    WAL mode, foreign keys on, autocommit (callers use explicit ``BEGIN IMMEDIATE``
+    transactions). Safe to call from several threads or processes on the same root: SQLite
+    serialises the writers.
+
+    ``synchronous``: ``FULL`` makes each commit durable before it returns (the job queue);
+    ``NORMAL`` (in WAL mode) makes it atomic and durable against a crash of the process, but a
+    power loss may lose the last commits: :class:`DicomStore` uses it because every instance
+    row can be rebuilt from its durable file by :meth:`DicomStore.recover`.
+
+    Raises
+    ------
+    OSError, sqlite3.Error
+        The folder or the database cannot be opened; :class:`DicomStore` turns them into
+        :class:`~osteomics.radiology.errors.StoreError`.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(
+        root / INDEX_NAME, check_same_thread=False, isolation_level=None, timeout=30
+    )
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _JOBS_V2_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        db.executescript(_INDEXES)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _is_no_space(exc: BaseException) -> bool:
@@ -329,17 +481,10 @@ class DicomStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self._in_flight: dict[str, threading.Event] = {}
+        self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-fsync")
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                self.root / INDEX_NAME, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a commit is durable once it returns (NORMAL may lose the last commits).
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._db = open_index(self.root, synchronous="NORMAL")
         except (OSError, sqlite3.Error) as exc:
             if _is_no_space(exc):
                 raise StorageFullError(
@@ -354,6 +499,7 @@ class DicomStore:
 
     def close(self) -> None:
         """Close the index (files are always durable already)."""
+        self._syncer.shutdown(wait=True)
         with self._lock:
             self._db.close()
 
@@ -417,34 +563,61 @@ class DicomStore:
         tmp: Path | None = None
         try:
             make_dirs_durable(path.parent, self.root)
-            tmp = write_temp_durable(path, data)
+            tmp = write_temp(path, data)
         except OSError as exc:
             raise self._write_error(exc, path) from exc
 
-        with self._lock:
-            try:
-                existing = self._lookup_locked(attrs.sop_instance_uid)
-                if existing is not None:  # another association stored it meanwhile
-                    tmp.unlink(missing_ok=True)
-                    return self._duplicate(existing, sha256, source)
-                self._check_consistency_locked(attrs)
-                received = time.time()
-                commit_rename(tmp, path)
-                tmp = None
+        # 1. Under the lock: no row and nobody else writing this UID -> rename into place.
+        #    A concurrent writer of the same UID is waited for, then it is a duplicate.
+        uid = attrs.sop_instance_uid
+        while True:
+            with self._lock:
                 try:
-                    self._insert_locked(attrs, rel, len(data), sha256, received)
-                except BaseException:
-                    # The row is not committed: take the file away again so that no file is
-                    # left that the sender was not told about.
-                    path.unlink(missing_ok=True)
-                    fsync_dir(path.parent)
-                    raise
-            except (OSError, sqlite3.Error) as exc:
-                raise self._write_error(exc, path) from exc
-            finally:
-                if tmp is not None:
+                    existing = self._lookup_locked(uid)
+                    if existing is not None:  # another association stored it meanwhile
+                        tmp.unlink(missing_ok=True)
+                        return self._duplicate(existing, sha256, source)
+                    pending = self._in_flight.get(uid)
+                    if pending is None:
+                        self._check_consistency_locked(attrs)
+                        os.replace(tmp, path)
+                        done = self._in_flight[uid] = threading.Event()
+                        break
+                except (OSError, sqlite3.Error) as exc:
                     tmp.unlink(missing_ok=True)
-        log.debug("stored %s (%d bytes)", attrs.sop_instance_uid, len(data))
+                    raise self._write_error(exc, path) from exc
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+            pending.wait(60)
+
+        # 2. Outside the lock (associations fsync in parallel, and the file system commits
+        #    their journal together): the file's data and its name are made durable, then
+        #    3. the row is committed. Any failure takes the file away again, so that no file is
+        #    left that the sender was not told about.
+        try:
+            try:
+                # The folder's fsync runs beside the file's, so that both join one journal
+                # commit; both must succeed before the row is committed.
+                folder_synced = self._syncer.submit(fsync_dir, path.parent)
+                fsync_file(path)
+                folder_synced.result()
+                received = time.time()
+                with self._lock:
+                    self._check_consistency_locked(attrs)
+                    self._insert_locked(attrs, rel, len(data), sha256, received)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    fsync_dir(path.parent)
+                raise
+        except (OSError, sqlite3.Error) as exc:
+            raise self._write_error(exc, path) from exc
+        finally:
+            with self._lock:
+                del self._in_flight[uid]
+            done.set()
+        log.debug("stored %s (%d bytes)", uid, len(data))
         record = InstanceRecord(attrs, path, len(data), sha256, received)
         return StoreResult("stored", record)
 
@@ -580,6 +753,14 @@ class DicomStore:
 
     def studies(self) -> list[StudySummary]:
         """Every study with its patient ID, date, modalities and counts, newest first."""
+        return self._study_summaries("", ())
+
+    def study(self, study_uid: str) -> StudySummary | None:
+        """The study with this Study Instance UID, or ``None`` when none is stored."""
+        found = self._study_summaries(" WHERE st.study_uid = ?", (study_uid,))
+        return found[0] if found else None
+
+    def _study_summaries(self, where: str, params: tuple[str, ...]) -> list[StudySummary]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT st.study_uid, st.patient_id, st.study_date,"
@@ -589,7 +770,8 @@ class DicomStore:
                 " (SELECT COUNT(*) FROM instances i JOIN series s USING (series_uid)"
                 "   WHERE s.study_uid = st.study_uid),"
                 " st.last_received"
-                " FROM studies st ORDER BY st.last_received DESC, st.study_uid"
+                f" FROM studies st{where} ORDER BY st.last_received DESC, st.study_uid",
+                params,
             ).fetchall()
         return [
             StudySummary(

@@ -123,3 +123,26 @@ def test_node_user_errors_are_one_line(tmp_path: Path) -> None:
 
     missing = run_cli("node", "status", "--config", tmp_path / "nope.toml")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_node_pull_user_errors_are_one_line(tmp_path: Path) -> None:
+    config = node_toml(tmp_path, free_port())  # nothing serves on its port
+    cases = [
+        (("--from", "pacs", "--patient-id", "STS_001"), "[remotes.pacs]"),
+        (("--from", "nobody", "--patient-id", "STS_001"), "node serve"),
+        (("--from", "nobody"), "exactly one of --patient-id and --study-uid"),
+        (("--from", "nobody", "--study-uid", "1.2/../3"), "--study-uid"),
+    ]
+    for args, expected in cases:
+        done = run_cli("node", "pull", "--config", config, *args)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stderr.strip().startswith("error:") and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_dimse_connector_is_a_listed_plugin() -> None:
+    listing = run_cli("plugins")
+    assert listing.returncode == 0, listing.stderr
+    assert any(
+        line.split()[:2] == ["pacs_connector", "dimse"] for line in listing.stdout.splitlines()
+    ), listing.stdout

@@ -63,8 +63,10 @@ def test_reader_classes_follow_discovery() -> None:
 
 
 def test_no_plugins_of_an_unknown_kind() -> None:
-    plugins, _ = discover_plugins("pacs_connector")
+    plugins, _ = discover_plugins("teleporter")
     assert plugins == []
+    connectors, _ = discover_plugins("pacs_connector")
+    assert [p.name for p in connectors] == ["dimse"]
 
 
 def test_readers_sniff_their_formats(cmu_svs: Path, dicom_wsi_dir: Path) -> None:

@@ -61,16 +61,20 @@ def dcmtk() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 def write_node_toml(
-    folder: Path, port: int, allow: tuple[tuple[str, str], ...], extra: str = ""
+    folder: Path,
+    port: int,
+    allow: tuple[tuple[str, str], ...],
+    extra: str = "",
+    quiet_seconds: float = 2,
 ) -> Path:
-    """A node.toml in ``folder`` with storage ``store`` next to it."""
+    """A node.toml in ``folder`` with storage ``store`` next to it (``extra`` is appended)."""
     lines = [
         "[node]",
         f'ae_title = "{NODE_AE}"',
         'host = "127.0.0.1"',
         f"port = {port}",
         'storage = "store"',
-        "study_quiet_seconds = 2",
+        f"study_quiet_seconds = {quiet_seconds}",
         "max_associations = 8",
         "",
     ]
@@ -90,13 +94,20 @@ def node_config(tmp_path: Path) -> NodeConfig:
 
 @pytest.fixture
 def node_factory(tmp_path: Path) -> Iterator[Callable[..., RunningNode]]:
-    """Start nodes with a given allow-list ((AE title, host) pairs); all stopped after the test."""
+    """Start nodes with a given allow-list ((AE title, host) pairs), extra node.toml text and
+    quiet time; all stopped after the test."""
     started: list[RunningNode] = []
 
-    def make(allow: tuple[tuple[str, str], ...], name: str = "node") -> RunningNode:
+    def make(
+        allow: tuple[tuple[str, str], ...],
+        name: str = "node",
+        extra: str = "",
+        quiet_seconds: float = 2,
+    ) -> RunningNode:
         folder = tmp_path / name
         folder.mkdir()
-        running = start_node(load_node_config(write_node_toml(folder, free_port(), allow)))
+        toml = write_node_toml(folder, free_port(), allow, extra, quiet_seconds)
+        running = start_node(load_node_config(toml))
         started.append(running)
         return running
 

@@ -155,14 +155,14 @@ def test_bad_sop_instance_uid_is_refused_and_the_node_keeps_serving(
 
 
 @pytest.mark.slow
-def test_four_concurrent_storescu_send_all_sts_patients_each_instance_once(
+def test_eight_concurrent_storescu_send_all_sts_patients_each_instance_once(
     node: RunningNode, dcmtk: Dcmtk, sts_dir: Path
 ) -> None:
     patients = sorted(p for p in sts_dir.iterdir() if p.is_dir())
     assert len(patients) == 12
     files = sorted(sts_dir.rglob("*.dcm"))
     distinct = {sop_uid(p) for p in files}
-    groups = [patients[i::4] for i in range(4)]
+    groups = [patients[i::8] for i in range(8)]  # 8 associations at once (max_associations)
 
     def send(group: list[Path]) -> subprocess.CompletedProcess[str]:
         return dcmtk(
@@ -170,7 +170,7 @@ def test_four_concurrent_storescu_send_all_sts_patients_each_instance_once(
             "127.0.0.1", node.port, *group, timeout=300,
         )  # fmt: skip
 
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(send, groups))
     for done in results:
         assert done.returncode == 0, done.stdout + done.stderr

@@ -190,3 +190,35 @@ def test_full_disk_raises_storage_full_leaves_nothing_half_written_and_recovers(
             assert store.store_file(path).outcome == "stored"
         assert store.status().instances == len(files)
         _check_consistent(store)
+
+
+def test_concurrent_writers_of_one_uid_keep_exactly_the_first_copy(
+    store: DicomStore, sts001_ct: list[Path], tmp_path: Path
+) -> None:
+    """Eight threads store the same SOP Instance at once, half of them with other bytes: one
+    is stored, the others are duplicates or conflicts, and the file holds the stored bytes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    original = sts001_ct[0].read_bytes()
+    ds = pydicom.dcmread(sts001_ct[0])
+    ds.SeriesDescription = "edited"
+    edited_path = tmp_path / "edited.dcm"
+    ds.save_as(edited_path)
+    edited = edited_path.read_bytes()
+    payloads = [original, edited] * 4
+    for _ in range(5):  # a few rounds, each on a fresh UID-free store state
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(store.store, payloads))
+        outcomes = sorted(r.outcome for r in results)
+        stored = [r for r in results if r.outcome == "stored"]
+        assert len(stored) == 1, outcomes
+        kept = stored[0].record.path.read_bytes()
+        assert kept in (original, edited)
+        for data, result in zip(payloads, results, strict=True):
+            assert result.outcome == ("duplicate" if data == kept else "conflict") or (
+                result is stored[0]
+            )
+        assert store.status().instances == 1
+        _check_consistent(store)
+        stored[0].record.path.unlink()  # start the next round from nothing
+        store.recover()
