@@ -27,7 +27,17 @@ def train(
     stain: str = typer.Option(
         "macenko", "--stain-normalisation", help="none, macenko or reinhard (per tile)."
     ),
-    colour: str = typer.Option("gray", "--colour", help="Network input: gray or rgb."),
+    colour: str = typer.Option(
+        "gray", "--colour", help="Network input: gray, rgb or he (haematoxylin + eosin)."
+    ),
+    crops: int = typer.Option(12, "--crops-per-image", help="Random crops per image per epoch."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing."),
+    fixed_schedule: bool = typer.Option(
+        False,
+        "--fixed-schedule",
+        help="Train every fold and the final model for all --epochs (one-cycle cosine "
+        "schedule), no early stopping on an inner split.",
+    ),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Local timm checkpoint to start from (nothing is downloaded)."
     ),
@@ -38,7 +48,7 @@ def train(
 ) -> None:
     """Cross-validate (grouped by patient, or by slide when a class has one patient), calibrate,
     fit on all images, and write MODEL_DIR/model.safetensors + model_card.json."""
-    from osteomics.wsi.model import Preprocessing, save_model
+    from osteomics.wsi.model import COLOUR_MODES, COLOUR_NORMALISATION, Preprocessing, save_model
     from osteomics.wsi.stain import NORMALISERS
     from osteomics.wsi.train import TrainConfig
     from osteomics.wsi.train import train as run_training
@@ -47,22 +57,25 @@ def train(
         raise typer.BadParameter(
             f"choose one of {', '.join(NORMALISERS)}", param_hint="--stain-normalisation"
         )
-    if colour not in ("gray", "rgb"):
-        raise typer.BadParameter("choose gray or rgb", param_hint="--colour")
-    channels = 1 if colour == "gray" else 3
+    if colour not in COLOUR_MODES:
+        raise typer.BadParameter(f"choose one of {', '.join(COLOUR_MODES)}", param_hint="--colour")
+    mean, std = COLOUR_NORMALISATION[colour]
     config = TrainConfig(
         arch=arch,
         tile_mpp=tile_mpp,
         input_mpp=input_mpp,
         input_px=input_px,
         epochs=epochs,
+        early_stopping=not fixed_schedule,
+        crops_per_image=crops,
+        label_smoothing=label_smoothing,
         n_folds=folds,
         seed=seed,
         preprocessing=Preprocessing(
             stain_normalisation=stain,
             colour=colour,
-            mean=(0.5,) * channels,
-            std=(0.25,) * channels,
+            mean=mean,
+            std=std,
         ),
         checkpoint=str(checkpoint) if checkpoint else None,
         robustness=not no_robustness,
@@ -81,6 +94,8 @@ def train(
     argv += ["--tile-mpp", str(tile_mpp), "--input-mpp", str(input_mpp)]
     argv += ["--input-px", str(input_px), "--epochs", str(epochs), "--folds", str(folds)]
     argv += ["--seed", str(seed), "--stain-normalisation", stain, "--colour", colour]
+    argv += ["--crops-per-image", str(crops), "--label-smoothing", str(label_smoothing)]
+    argv += ["--fixed-schedule"] if fixed_schedule else []
     argv += ["--cases", str(cases)] if cases else []
     argv += ["--checkpoint", str(checkpoint)] if checkpoint else []
     argv += ["--no-robustness"] if no_robustness else []

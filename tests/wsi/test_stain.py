@@ -10,6 +10,7 @@ import pytest
 from osteomics.wsi.stain import (
     MACENKO_REFERENCE_MAX_CONCENTRATIONS,
     MACENKO_REFERENCE_STAINS,
+    OD_THRESHOLD,
     REINHARD_REFERENCE_MEAN,
     REINHARD_REFERENCE_STD,
     estimate_stains,
@@ -17,7 +18,9 @@ from osteomics.wsi.stain import (
     lab_statistics,
     macenko_normalise,
     normalise,
+    optical_density,
     reinhard_normalise,
+    stain_concentrations,
 )
 from osteomics.wsi.subtiles import read_rgb, resample_to_mpp
 
@@ -99,3 +102,22 @@ def test_hed_jitter_is_seeded_and_zero_strength_is_identity(viable: np.ndarray) 
     diff = np.abs(same.astype(int) - tile.astype(int))
     assert np.median(diff) == 0 and diff.mean() < 1.0 and np.percentile(diff, 95) <= 2
     assert np.abs(a.astype(int) - tile.astype(int)).mean() > 2.0
+
+
+def test_stain_concentrations_recover_the_macenko_rendering(
+    viable: np.ndarray, necrotic: np.ndarray
+) -> None:
+    """After Macenko, deconvolution with the reference stains gives H and E concentrations
+    whose 99th percentiles are the reference ones; glass is zero; viable tumour (dense nuclei)
+    has more haematoxylin than necrotic tumour."""
+    normalised = {name: macenko_normalise(rgb) for name, rgb in (("v", viable), ("n", necrotic))}
+    for rgb in normalised.values():
+        c = stain_concentrations(rgb)
+        assert c.shape == (*rgb.shape[:2], 2) and c.dtype == np.float32 and c.min() >= 0.0
+        tissue = np.all(optical_density(rgb) > OD_THRESHOLD, axis=-1)
+        p99 = np.percentile(c[tissue], 99, axis=0)
+        assert np.allclose(p99, MACENKO_REFERENCE_MAX_CONCENTRATIONS, rtol=0.1)
+    assert np.all(stain_concentrations(np.full((4, 4, 3), 250, np.uint8)) == 0.0)
+    h_viable = stain_concentrations(normalised["v"])[..., 0].mean()
+    h_necrotic = stain_concentrations(normalised["n"])[..., 0].mean()
+    assert h_viable > h_necrotic
