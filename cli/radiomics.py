@@ -45,26 +45,64 @@ class _Loaded:
     identity: tuple[str | None, str | None, str | None, str | None]  # patient, study, series, mod
 
 
+def store_study_folder(uid: str, node_config: Path | None) -> Path:
+    """The folder of study ``uid`` in the node's store (``[node] storage`` of ``node_config``).
+
+    Raises
+    ------
+    RadiomicsError
+        No node.toml given, an invalid UID, or no such study in the store.
+    """
+    from osteomics.radiology.config import load_node_config
+    from osteomics.radiology.store import DicomStore
+    from osteomics.radiology.uids import validate_uid
+
+    if node_config is None:
+        raise RadiomicsError(
+            "store:<StudyInstanceUID> needs --node-config pointing at the node's node.toml "
+            "(its [node] storage is the store)"
+        )
+    cfg = load_node_config(node_config)
+    uid = validate_uid(uid, "StudyInstanceUID")
+    if not (cfg.storage / uid).is_dir():
+        raise RadiomicsError(f"no study {uid} in the store at {cfg.storage} ({node_config})")
+    with DicomStore(cfg.storage) as store:
+        if store.study(uid) is None:
+            raise RadiomicsError(f"no study {uid} in the store at {cfg.storage} ({node_config})")
+    return cfg.storage / uid
+
+
 def load_inputs(
-    input_path: Path, mask: Path | None, roi: str | None, modality: str | None = None
+    input_path: Path | str,
+    mask: Path | None,
+    roi: str | None,
+    modality: str | None = None,
+    node_config: Path | None = None,
 ) -> _Loaded:
     """Read INPUT (and --mask) into a volume, a mask and the DICOM identity of the series.
 
     - NIfTI image + ``mask`` NIfTI mask (``roi`` names it);
     - DICOM series folder + ``mask`` RTSTRUCT or SEG file (``roi``: default the only ROI);
     - DICOM study folder holding an image series and RTSTRUCT/SEG files (``modality`` picks the
-      series when there are several; ``roi``: default the only ROI).
+      series when there are several; ``roi``: default the only ROI);
+    - ``store:<StudyInstanceUID>``: that study's folder in the store of ``node_config``, read as a
+      study folder.
 
     Raises
     ------
     RadiomicsError
-        Unsupported input kinds (``store:``) and every reading error.
+        Every reading error.
     """
     text = str(input_path)
     if text.startswith("store:"):
-        raise RadiomicsError(
-            "store:<StudyInstanceUID> inputs are not implemented yet; give the study folder"
+        folder = store_study_folder(text.removeprefix("store:"), node_config)
+        study = read_dicom_study(folder, modality=modality)
+        roi_mask = read_study_mask(study, roi)
+        info = study.image.info
+        return _Loaded(
+            study.image.volume, roi_mask, (info.patient, info.study, info.series, info.modality)
         )
+    input_path = Path(input_path)
     if _is_nifti(input_path):
         if mask is None or not _is_nifti(mask):
             raise RadiomicsError(
@@ -96,10 +134,11 @@ def load_inputs(
 
 
 def radiomics(
-    input_path: Path = typer.Argument(
+    input_path: str = typer.Argument(
         ...,
         metavar="INPUT",
-        help="NIfTI image, DICOM series folder (with --mask RS.dcm) or DICOM study folder.",
+        help="NIfTI image, DICOM series folder (with --mask RS.dcm), DICOM study folder, or "
+        "store:<StudyInstanceUID> (with --node-config).",
     ),
     mask: Path | None = typer.Option(
         None,
@@ -117,18 +156,21 @@ def radiomics(
     config: str = typer.Option(..., "--config", help="Shipped configuration name or a .toml file."),
     out: Path = typer.Option(..., "--out", help="Output table: .csv or .parquet."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    node_config: Path | None = typer.Option(
+        None, "--node-config", help="The node's node.toml, for store:<StudyInstanceUID> inputs."
+    ),
 ) -> None:
     """Compute IBSI features; write the long table and FILE's provenance JSON next to it.
 
     INPUT: a NIfTI image with --mask a NIfTI mask; a DICOM series folder with --mask an RTSTRUCT
-    or SEG file; or a DICOM study folder (image series + RTSTRUCT/SEG found inside).
-    store:<StudyInstanceUID> inputs are not implemented yet.
+    or SEG file; a DICOM study folder (image series + RTSTRUCT/SEG found inside); or
+    store:<StudyInstanceUID>, a study in the store of the node whose node.toml --node-config gives.
     """
     if out.suffix not in (".csv", ".parquet"):
         raise RadiomicsError(f"{out}: the output must end in .csv or .parquet")
     cfg = load_config(config)
     t0 = time.perf_counter()
-    loaded = load_inputs(input_path, mask, roi, modality)
+    loaded = load_inputs(input_path, mask, roi, modality, node_config)
     values = extract_features(loaded.volume, loaded.mask, cfg)
     seconds = time.perf_counter() - t0
     roi_mask = loaded.mask
@@ -147,7 +189,12 @@ def radiomics(
         table.to_csv(out, index=False)
     else:
         table.to_parquet(out, index=False)
-    inputs = {"image": input_path} if mask is None else {"image": input_path, "mask": mask}
+    image_path = (
+        store_study_folder(input_path.removeprefix("store:"), node_config)
+        if input_path.startswith("store:")
+        else Path(input_path)
+    )
+    inputs = {"image": image_path} if mask is None else {"image": image_path, "mask": mask}
     prov = run_provenance(cfg, inputs, n_features=len(values), seconds=seconds)
     prov["output"] = str(out)
     prov_path = out.with_name(out.name.removesuffix(out.suffix) + ".provenance.json")

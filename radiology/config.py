@@ -25,12 +25,23 @@ Format (names are the contract)::
     host = "127.0.0.1"
     port = 4242
 
+    [radiomics]                       # optional: IBSI features of every completed study
+    enabled = false                   # true: `node serve` runs the radiomics worker thread
+    modalities = ["CT", "MR", "PT"]   # image series to compute on (those the study has)
+    roi_pattern = "GTV.*"             # regular expression, full match on ROI/segment names
+    poll_seconds = 5                  # how often the worker looks for study_complete jobs
+    [radiomics.configs]               # configuration per modality: shipped name or .toml
+    CT = "ct"                         # (relative paths resolved against this file)
+    MR = "mr"
+    PT = "pet"
+
 Unknown keys are errors (a typo must not silently turn a setting off).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +58,12 @@ DEFAULT_PORT = 11112
 DEFAULT_QUIET_SECONDS = 30.0
 DEFAULT_MAX_PDU_BYTES = 262_144
 DEFAULT_MAX_ASSOCIATIONS = 8
+#: Image modalities the radiomics worker can compute on.
+RADIOMICS_MODALITIES = ("CT", "MR", "PT")
+#: Radiomics configuration per modality unless ``[radiomics.configs]`` says otherwise.
+DEFAULT_RADIOMICS_CONFIGS = {"CT": "ct", "MR": "mr", "PT": "pet"}
+DEFAULT_ROI_PATTERN = "GTV.*"
+DEFAULT_RADIOMICS_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,34 @@ class RemoteNode:
 
 
 @dataclass(frozen=True)
+class RadiomicsSettings:
+    """``[radiomics]``: IBSI features computed on every completed study.
+
+    Attributes
+    ----------
+    enabled:
+        True: ``osteomics node serve`` runs the radiomics worker thread, which claims
+        ``study_complete`` jobs.
+    modalities:
+        Image series modalities to compute on (``CT``, ``MR``, ``PT``), among those a study has.
+    roi_pattern:
+        Regular expression; every RTSTRUCT ROI or SEG segment whose name matches it in full is
+        computed (the STS studies name them ``GTV_Mass_CT``, ``GTV_Mass_PET``...).
+    configs:
+        Radiomics configuration per modality: a shipped name (``ct``) or an absolute path of a
+        ``.toml`` file (relative paths in node.toml are resolved against its folder).
+    poll_seconds:
+        How often the worker looks for a job when the queue is empty.
+    """
+
+    enabled: bool = False
+    modalities: tuple[str, ...] = RADIOMICS_MODALITIES
+    roi_pattern: str = DEFAULT_ROI_PATTERN
+    configs: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RADIOMICS_CONFIGS))
+    poll_seconds: float = DEFAULT_RADIOMICS_POLL_SECONDS
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything ``osteomics node`` needs.
 
@@ -128,6 +173,8 @@ class NodeConfig:
         Largest PDU we accept (advertised in the association); 0 would mean unlimited.
     max_associations:
         Concurrent associations; more are rejected (transient, local limit exceeded).
+    radiomics:
+        ``[radiomics]``: the radiomics worker's settings (off by default).
     config_path:
         The file this was loaded from, or ``None``.
     """
@@ -142,6 +189,7 @@ class NodeConfig:
     remotes: dict[str, RemoteNode] = field(default_factory=dict)
     max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
+    radiomics: RadiomicsSettings = field(default_factory=RadiomicsSettings)
     config_path: Path | None = None
 
     def remote(self, name: str) -> RemoteNode:
@@ -194,7 +242,7 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
     """Validate an already-parsed ``node.toml`` (``path`` resolves relative paths and names
     the file in messages)."""
     where = str(path)
-    _only_keys(raw, {"node", "remotes"}, where, "")
+    _only_keys(raw, {"node", "remotes", "radiomics"}, where, "")
     node = raw.get("node")
     if not isinstance(node, dict):
         raise NodeConfigError(f"{where}: a [node] table is required (ae_title, port, storage)")
@@ -293,7 +341,73 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
         remotes=remotes,
         max_pdu_bytes=max_pdu,
         max_associations=max_assoc,
+        radiomics=_radiomics(raw.get("radiomics", {}), base, where),
         config_path=path,
+    )
+
+
+def _radiomics(table: object, base: Path, where: str) -> RadiomicsSettings:
+    """Validate ``[radiomics]``; with ``enabled = true`` every configuration is loaded once, so
+    that a typo fails at start-up, not on the first study."""
+    if not isinstance(table, dict):
+        raise NodeConfigError(f"{where}: radiomics must be a [radiomics] table")
+    _only_keys(
+        table, {"enabled", "modalities", "roi_pattern", "configs", "poll_seconds"}, where,
+        "radiomics",
+    )  # fmt: skip
+    enabled = table.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise NodeConfigError(f"{where}: radiomics.enabled must be true or false")
+    modalities = table.get("modalities", list(RADIOMICS_MODALITIES))
+    if (
+        not isinstance(modalities, list)
+        or not modalities
+        or any(m not in RADIOMICS_MODALITIES for m in modalities)
+    ):
+        raise NodeConfigError(
+            f"{where}: radiomics.modalities must be a non-empty list of "
+            f"{', '.join(RADIOMICS_MODALITIES)}, not {modalities!r}"
+        )
+    pattern = table.get("roi_pattern", DEFAULT_ROI_PATTERN)
+    if not isinstance(pattern, str) or not pattern:
+        raise NodeConfigError(f"{where}: radiomics.roi_pattern must be a regular expression")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise NodeConfigError(
+            f"{where}: radiomics.roi_pattern {pattern!r} is not a valid regular expression ({exc})"
+        ) from exc
+    configs_raw = table.get("configs", {})
+    if not isinstance(configs_raw, dict):
+        raise NodeConfigError(f"{where}: radiomics.configs must be a [radiomics.configs] table")
+    _only_keys(configs_raw, set(RADIOMICS_MODALITIES), where, "radiomics.configs")
+    configs = dict(DEFAULT_RADIOMICS_CONFIGS)
+    for modality, value in configs_raw.items():
+        if not isinstance(value, str) or not value:
+            raise NodeConfigError(
+                f"{where}: radiomics.configs.{modality} must be a configuration name or a path"
+            )
+        if value.endswith(".toml") and not Path(value).is_absolute():
+            value = str(base / value)
+        configs[modality] = value
+    poll = table.get("poll_seconds", DEFAULT_RADIOMICS_POLL_SECONDS)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
+        raise NodeConfigError(f"{where}: radiomics.poll_seconds must be a number > 0")
+    if enabled:
+        from osteomics.radiology.radiomics.config import load_config
+        from osteomics.radiology.radiomics.errors import RadiomicsConfigError
+
+        for modality in modalities:
+            try:
+                load_config(configs[modality])
+            except RadiomicsConfigError as exc:
+                raise NodeConfigError(f"{where}: radiomics.configs.{modality}: {exc}") from exc
+    return RadiomicsSettings(
+        enabled=enabled,
+        modalities=tuple(modalities),
+        roi_pattern=pattern,
+        configs=configs,
+        poll_seconds=float(poll),
     )
 
 

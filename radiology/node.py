@@ -38,6 +38,7 @@ from osteomics.radiology.errors import (
     StoreError,
 )
 from osteomics.radiology.jobs import JobQueue, QuietStudyScheduler
+from osteomics.radiology.radiomics_job import RadiomicsWorker
 from osteomics.radiology.store import DicomStore, read_attributes
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class RunningNode:
         The job queue in the store's index.
     scheduler:
         The thread that queues ``study_complete`` jobs for quiet studies.
+    radiomics:
+        The radiomics worker thread (``[radiomics] enabled = true``), or ``None``.
     """
 
     config: NodeConfig
@@ -111,11 +114,15 @@ class RunningNode:
     port: int
     jobs: JobQueue
     scheduler: QuietStudyScheduler
+    radiomics: RadiomicsWorker | None = None
 
     def stop(self) -> None:
-        """Stop accepting, end the running associations, stop the scheduler, close the store."""
+        """Stop accepting, end the running associations, stop the scheduler (and the radiomics
+        worker, after its current study), close the store."""
         self.server.shutdown()
         self.scheduler.stop()
+        if self.radiomics is not None:
+            self.radiomics.stop()
         self.jobs.close()
         self.store.close()
         log.info("node %s stopped", self.config.ae_title)
@@ -193,7 +200,11 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     port = int(server.server_address[1])
     log.info("node %s listening on %s:%d", config.ae_title, config.host, port)
     scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds).start()
-    return RunningNode(config, store, server, port, jobs, scheduler)
+    worker = None
+    if config.radiomics.enabled:
+        worker = RadiomicsWorker(config.storage, config.radiomics).start()
+        log.info("radiomics worker started (%s)", ", ".join(config.radiomics.modalities))
+    return RunningNode(config, store, server, port, jobs, scheduler, worker)
 
 
 def serve(config: NodeConfig, ready: Callable[[RunningNode], None] | None = None) -> None:

@@ -46,6 +46,8 @@ def test_cli_writes_table_and_provenance(tmp_path: Path, suffix: str) -> None:
         (table.family == "Co-occurrence matrix (3D, merged)") & (table.feature == "Joint maximum")
     ]
     assert row.value.iloc[0] == pytest.approx(0.509, abs=5e-4)
+    assert row.ibsi_id.iloc[0] == "GYBY"
+    assert table.ibsi_id.notna().all()
     prov = json.loads(Path(summary["provenance"]).read_text())
     assert prov["config"]["name"] == "ibsi-digital-phantom"
     assert len(prov["inputs"]["image"]["sha256"]) == 64
@@ -58,10 +60,10 @@ def test_cli_folder_without_dicom_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
-def test_cli_store_input_not_implemented(tmp_path: Path) -> None:
+def test_cli_store_input_without_node_config_is_a_clear_error(tmp_path: Path) -> None:
     res = _run("store:1.2.3", "--config", "ct", "--out", str(tmp_path / "x.csv"))
     assert res.returncode == 1
-    assert "not implemented yet" in res.stderr
+    assert "--node-config" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_cli_unknown_config_lists_shipped(tmp_path: Path) -> None:
