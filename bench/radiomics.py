@@ -19,9 +19,10 @@ Timing: per patient, the wall time of "read the DICOM series and the RTSTRUCT, I
 processing, every feature" on both sides (MIRP's ``extract_features`` cannot time its reading
 apart from its computation, so osteomics is timed over the same work, reading included). Python
 start-up and imports are excluded on both sides. MIRP runs in its own venv
-(``--mirp-python``, default /work/mirp-venv/bin/python) in a subprocess, one process for all
-patients, ``num_cpus=1``; osteomics runs in this process, one thread of Python (numpy/scipy may
-use their own threads).
+(``--mirp-python``, default ../mirp-venv/bin/python next to the checkout; make it with
+``python3 -m venv ../mirp-venv && ../mirp-venv/bin/pip install mirp==2.7.0``) in a
+subprocess, one process for all patients, ``num_cpus=1``; osteomics runs in this process,
+one thread of Python (numpy/scipy may use their own threads).
 
 Agreement: per modality, over all patients, the fraction of (patient, shared feature) values
 within 1 % relative difference ``|a - b| / max(|a|, |b|)``, and the features outside 1 %, with
@@ -31,7 +32,7 @@ Patient labels are printed as indices (#01..#12), never as the data set's IDs. T
 (MIRP time / osteomics time, all patients of the CT run) is printed last, on one line.
 
 Run: ``.venv/bin/python bench/radiomics.py [--patients 12] [--modalities CT MR_T1 PET]
-[--pyradiomics-python /work/pyrad-venv/bin/python]``.
+[--pyradiomics-python ../pyrad-venv/bin/python]``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 STS = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "radiology" / "sts"
-MIRP_PYTHON = Path("/work/mirp-venv/bin/python")
+MIRP_PYTHON = Path(__file__).resolve().parents[1] / ".." / "mirp-venv" / "bin" / "python"
 TOLERANCE = 0.01
 
 _DIRECTIONAL = [
