@@ -192,7 +192,7 @@ class NecrosisRun:
 # --------------------------------------------------------------------------------------
 # Cases
 # --------------------------------------------------------------------------------------
-def read_cases_csv(path: Path) -> dict[str, str]:
+def read_slide_cases_csv(path: Path) -> dict[str, str]:
     """Map slide (file name or path, as written) to case from a CSV with ``slide``, ``case``."""
     try:
         with open(path, newline="") as fh:
@@ -351,7 +351,7 @@ def score_slides(
 
     params = params or NecrosisParameters()
     out_dir = Path(out_dir)
-    cases = read_cases_csv(cases_csv) if cases_csv is not None else None
+    cases = read_slide_cases_csv(cases_csv) if cases_csv is not None else None
     model_dir = resolve_model(params.model)
     _model, card = load_model(model_dir)
     del _model

@@ -117,7 +117,7 @@ class FoldResult:
     seconds: float
 
 
-def read_cases_csv(path: Path) -> dict[str, str]:
+def read_image_cases_csv(path: Path) -> dict[str, str]:
     """File name -> case from a CSV with columns ``file`` and ``case``."""
     path = Path(path)
     if not path.is_file():
@@ -145,7 +145,7 @@ def labelled_images(folder: Path, cases_csv: Path | None = None) -> list[Labelle
     except FileNotFoundError as exc:
         raise TrainingDataError(str(exc)) from exc
     if cases_csv is not None:
-        cases = read_cases_csv(cases_csv)
+        cases = read_image_cases_csv(cases_csv)
         missing = [t.path.name for t in tiles if t.path.name not in cases]
         if missing:
             raise TrainingDataError(

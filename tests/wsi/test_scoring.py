@@ -20,7 +20,7 @@ from osteomics.wsi.scoring import (
     CasesFileError,
     NecrosisParameters,
     NecrosisRun,
-    read_cases_csv,
+    read_slide_cases_csv,
     score_slides,
 )
 
@@ -177,7 +177,7 @@ def test_cases_file_without_the_columns_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "cases.csv"
     path.write_text("file,patient\na.svs,P1\n")
     with pytest.raises(CasesFileError, match="'slide' and 'case'"):
-        read_cases_csv(path)
+        read_slide_cases_csv(path)
 
 
 @pytest.mark.slow
