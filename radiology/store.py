@@ -34,7 +34,6 @@ import logging
 import os
 import shutil
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -45,10 +44,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydicom
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
-from pydicom.tag import BaseTag, Tag
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.tag import Tag
 
 from osteomics.radiology.errors import (
     InconsistentDatasetError,
@@ -60,11 +60,11 @@ from osteomics.radiology.errors import (
 from osteomics.radiology.files import (
     NO_SPACE_ERRNOS,
     fsync_dir,
-    fsync_file,
     is_temp_file,
     make_dirs_durable,
-    write_temp,
+    write_temp_open,
 )
+from osteomics.radiology.part10 import IncompleteDatasetError, RawValue, scan_dataset
 from osteomics.radiology.uids import is_valid_uid, validate_uid
 
 log = logging.getLogger(__name__)
@@ -138,11 +138,21 @@ _INDEX_TAGS = [
     "SeriesNumber",
 ]
 
-_UNDEFINED_LENGTH = 0xFFFFFFFF
+_INDEX_KEYWORDS = {int(Tag(keyword)): keyword for keyword in _INDEX_TAGS}
+_INDEX_VRS = {keyword: dictionary_VR(keyword) for keyword in _INDEX_TAGS}
+_SPECIFIC_CHARACTER_SET = int(Tag("SpecificCharacterSet"))
 #: Tags :func:`read_attributes` keeps while walking a dataset (plus the character set).
-_SCAN_TAGS = frozenset(Tag(keyword) for keyword in (*_INDEX_TAGS, "SpecificCharacterSet"))
+_SCAN_TAGS = frozenset((*_INDEX_KEYWORDS, _SPECIFIC_CHARACTER_SET))
 
 Outcome = Literal["stored", "duplicate", "conflict"]
+
+
+class _AlreadyStored(Exception):
+    """Another writer indexed the same SOP Instance UID first (internal to DicomStore.store)."""
+
+    def __init__(self, record: InstanceRecord) -> None:
+        super().__init__(record.attributes.sop_instance_uid)
+        self.record = record
 
 
 @dataclass(frozen=True)
@@ -267,7 +277,7 @@ def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
     """Parse the key attributes of a DICOM Part 10 file given as bytes, and validate them.
 
     One pass over the dataset: the index attributes are taken on the way, values are not
-    decoded, and the dataset must be complete (see :func:`check_complete`).
+    decoded, and the dataset must be complete (see :func:`read_dataset_attributes`).
 
     Parameters
     ----------
@@ -283,26 +293,15 @@ def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
         with the wrong VR, or a missing or invalid UID
         (:class:`~osteomics.radiology.errors.InvalidUIDError` is wrapped, its message kept).
     InconsistentDatasetError
-        The File Meta Information (built from the C-STORE command by the node) names another
-        SOP Instance than the dataset.
+        The File Meta Information names another SOP Instance than the dataset.
     """
-    meta, ds = _scan(data, source)
+    fp = io.BytesIO(data)
     try:
-        attrs = InstanceAttributes(
-            sop_instance_uid=validate_uid(_text(ds, "SOPInstanceUID"), "SOP Instance UID"),
-            sop_class_uid=validate_uid(_text(ds, "SOPClassUID"), "SOP Class UID"),
-            study_uid=validate_uid(_text(ds, "StudyInstanceUID"), "Study Instance UID"),
-            series_uid=validate_uid(_text(ds, "SeriesInstanceUID"), "Series Instance UID"),
-            transfer_syntax=str(meta.TransferSyntaxUID),
-            patient_id=_text(ds, "PatientID"),
-            study_date=_text(ds, "StudyDate") or None,
-            modality=_text(ds, "Modality") or None,
-            series_number=_int_or_none(ds, "SeriesNumber"),
-        )
-    except InvalidUIDError as exc:
-        raise InvalidDatasetError(f"{source}: {exc}") from exc
-    except (ValueError, TypeError, KeyError) as exc:  # unreadable element values
-        raise InvalidDatasetError(f"{source}: an index attribute cannot be read ({exc})") from exc
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
+    attrs = read_dataset_attributes(data, fp.tell(), str(meta.get("TransferSyntaxUID", "")), source)
     media_uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
     if media_uid and media_uid != attrs.sop_instance_uid:
         raise InconsistentDatasetError(
@@ -310,109 +309,118 @@ def read_attributes(data: bytes, source: str = "dataset") -> InstanceAttributes:
             f"{media_uid[:80]!a} but the dataset is {attrs.sop_instance_uid}; the sender must "
             "fix the object"
         )
-    _check_vrs(ds, source)
     return attrs
 
 
-def _scan(data: bytes, source: str) -> tuple[pydicom.Dataset, pydicom.Dataset]:
-    """File Meta Information and a dataset of the index attributes, in one walk that also
-    refuses a truncated dataset."""
-    fp = io.BytesIO(data)
-    try:
-        read_preamble(fp, False)
-        meta = _read_file_meta_info(fp)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
-    try:
-        ts = pydicom.uid.UID(
-            validate_uid(str(meta.get("TransferSyntaxUID", "")), "Transfer Syntax UID")
-        )
-    except InvalidUIDError as exc:
-        raise InvalidDatasetError(f"{source}: {exc}") from exc
-    if ts.is_deflated:  # compressed dataset: let pydicom inflate it (not checked for truncation)
-        try:
-            ds = pydicom.dcmread(
-                io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_INDEX_TAGS)
-            )
-        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
-            raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
-        return meta, ds
-    implicit = ts == pydicom.uid.ImplicitVRLittleEndian
-    little = ts != pydicom.uid.ExplicitVRBigEndian
-    found: dict[BaseTag, Any] = {}
-    end = fp.tell()
-    try:
-        for element in data_element_generator(fp, implicit, little):
-            length = getattr(element, "length", None)
-            value = getattr(element, "value", None)
-            if (
-                isinstance(length, int)
-                and length != _UNDEFINED_LENGTH
-                and isinstance(value, bytes)
-                and len(value) != length
-            ):
-                raise InvalidDatasetError(
-                    f"{source}: truncated dataset: element {element.tag} declares {length} "
-                    f"bytes but only {len(value)} arrived; the sender must resend it"
-                )
-            if element.tag in _SCAN_TAGS:
-                found[element.tag] = element
-            end = fp.tell()
-    except (OSError, EOFError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise InvalidDatasetError(f"{source}: truncated or undecodable dataset ({exc})") from exc
-    if end != len(data):
-        raise InvalidDatasetError(
-            f"{source}: truncated dataset: {len(data) - end} byte(s) after the last complete "
-            "element; the sender must resend it"
-        )
-    index = pydicom.Dataset(found)
-    index.set_original_encoding(implicit, little)
-    return meta, index
+def read_dataset_attributes(
+    data: bytes, start: int, transfer_syntax: str, source: str = "dataset"
+) -> InstanceAttributes:
+    """The validated index attributes of the dataset in ``data[start:]``, encoded in
+    ``transfer_syntax`` (the node's path: it knows the syntax from the presentation context).
 
-
-def _check_vrs(ds: pydicom.Dataset, source: str) -> None:
-    """Refuse index attributes encoded with another VR than the dictionary's (explicit VR)."""
-    for keyword in _INDEX_TAGS:
-        if keyword not in ds:
-            continue
-        element = ds[keyword]
-        expected, found = dictionary_VR(element.tag), str(element.VR)
-        if found != expected:
-            raise InvalidDatasetError(
-                f"{source}: {keyword} {element.tag} is encoded with VR {found}, not "
-                f"{expected} as DICOM defines it; the sender must fix the object"
-            )
-
-
-def check_complete(data: bytes, source: str = "dataset") -> None:
-    """Refuse a truncated dataset: its last element must end exactly where the bytes end.
-
-    pydicom reads a dataset cut inside an element value without complaint (the value is just
-    shorter), so the top-level elements are walked (values are not decoded; sequences of
-    undefined length must find their delimiters). Deflated datasets are not checked.
+    The dataset must be complete: pydicom reads a dataset cut inside an element value without
+    complaint (the value is just shorter), so every element is walked (values are not
+    decoded; sequences of undefined length must find their delimiters) and the last one must
+    end exactly where the bytes end. Little-endian datasets are walked by
+    :func:`osteomics.radiology.part10.scan_dataset`; deflated and big-endian ones are read by
+    pydicom (deflated ones are not checked for truncation).
 
     Raises
     ------
     InvalidDatasetError
-        The bytes end inside an element (or its header), or a sequence is not terminated.
+        As :func:`read_attributes`.
     """
-    _scan(data, source)
-
-
-def _text(ds: pydicom.Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    return str(value).strip("\x00 ")
-
-
-def _int_or_none(ds: pydicom.Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        ts = pydicom.uid.UID(validate_uid(transfer_syntax, "Transfer Syntax UID"))
+    except InvalidUIDError as exc:
+        raise InvalidDatasetError(f"{source}: {exc}") from exc
+    if not ts.is_transfer_syntax:
+        raise InvalidDatasetError(f"{source}: {ts} is not a known transfer syntax")
+    if ts.is_deflated or ts == pydicom.uid.ExplicitVRBigEndian:
+        values = _values_by_pydicom(data, start, ts, source)
+    else:
+        try:
+            raw = scan_dataset(data, start, ts == pydicom.uid.ImplicitVRLittleEndian, _SCAN_TAGS)
+        except IncompleteDatasetError as exc:
+            raise InvalidDatasetError(
+                f"{source}: truncated dataset: {exc}; the sender must resend it"
+            ) from exc
+        values = _values_from_raw(raw, source)
+    try:
+        return InstanceAttributes(
+            sop_instance_uid=validate_uid(values.get("SOPInstanceUID", ""), "SOP Instance UID"),
+            sop_class_uid=validate_uid(values.get("SOPClassUID", ""), "SOP Class UID"),
+            study_uid=validate_uid(values.get("StudyInstanceUID", ""), "Study Instance UID"),
+            series_uid=validate_uid(values.get("SeriesInstanceUID", ""), "Series Instance UID"),
+            transfer_syntax=str(ts),
+            patient_id=values.get("PatientID", ""),
+            study_date=values.get("StudyDate") or None,
+            modality=values.get("Modality") or None,
+            series_number=_int_or_none(values.get("SeriesNumber", "")),
+        )
+    except InvalidUIDError as exc:
+        raise InvalidDatasetError(f"{source}: {exc}") from exc
+
+
+def _values_from_raw(raw: dict[int, RawValue], source: str) -> dict[str, str]:
+    """Index attribute values (keyword -> text) from raw little-endian values; an explicit VR
+    other than the dictionary's is refused."""
+    charset = raw.get(_SPECIFIC_CHARACTER_SET)
+    encodings: list[str] | None = None
+    values: dict[str, str] = {}
+    for tag, item in raw.items():
+        keyword = _INDEX_KEYWORDS.get(tag)
+        if keyword is None:
+            continue
+        expected = _INDEX_VRS[keyword]
+        if item.vr is not None and item.vr != expected:
+            raise InvalidDatasetError(
+                f"{source}: {keyword} {Tag(tag)} is encoded with VR {item.vr}, not "
+                f"{expected} as DICOM defines it; the sender must fix the object"
+            )
+        value = item.value.strip(b"\x00 ")
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            if encodings is None:
+                terms = charset.value.decode("ascii", "replace").strip("\x00 ") if charset else ""
+                encodings = convert_encodings([t.strip() for t in terms.split("\\")] or [""])
+            text = decode_bytes(value, encodings, set())
+        values[keyword] = text
+    return values
+
+
+def _values_by_pydicom(data: bytes, start: int, ts: pydicom.uid.UID, source: str) -> dict[str, str]:
+    """Index attribute values of a deflated or big-endian dataset, read by pydicom."""
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_INDEX_TAGS)
+        )
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise InvalidDatasetError(f"{source}: not a decodable DICOM file ({exc})") from exc
+    values: dict[str, str] = {}
+    for keyword in _INDEX_TAGS:
+        if keyword not in ds:
+            continue
+        try:
+            element = ds[keyword]
+            if str(element.VR) != _INDEX_VRS[keyword]:
+                raise InvalidDatasetError(
+                    f"{source}: {keyword} {element.tag} is encoded with VR {element.VR}, not "
+                    f"{_INDEX_VRS[keyword]} as DICOM defines it; the sender must fix the object"
+                )
+            values[keyword] = "" if element.value is None else str(element.value).strip("\x00 ")
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidDatasetError(
+                f"{source}: an index attribute cannot be read ({exc})"
+            ) from exc
+    return values
+
+
+def _int_or_none(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
         return None
 
 
@@ -482,6 +490,9 @@ class DicomStore:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._in_flight: dict[str, threading.Event] = {}
+        #: Series UID -> study UID of indexed series (their patient and series rows exist);
+        #: saves two queries and two inserts per instance. Cleared when rows are deleted.
+        self._series_study: dict[str, str] = {}
         self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-fsync")
         try:
             self._db = open_index(self.root, synchronous="NORMAL")
@@ -560,13 +571,34 @@ class DicomStore:
         if existing is not None:  # fast path for resends: no write at all
             return self._duplicate(existing, sha256, source)
 
-        tmp: Path | None = None
         try:
             make_dirs_durable(path.parent, self.root)
-            tmp = write_temp(path, data)
+            tmp, fd = write_temp_open(path, data)
         except OSError as exc:
             raise self._write_error(exc, path) from exc
+        try:
+            received = self._commit_written(attrs, tmp, fd, path, rel, len(data), sha256)
+        except _AlreadyStored as already:
+            return self._duplicate(already.record, sha256, source)
+        finally:
+            os.close(fd)
+        log.debug("stored %s (%d bytes)", attrs.sop_instance_uid, len(data))
+        record = InstanceRecord(attrs, path, len(data), sha256, received)
+        return StoreResult("stored", record)
 
+    def _commit_written(
+        self,
+        attrs: InstanceAttributes,
+        tmp: Path,
+        fd: int,
+        path: Path,
+        rel: Path,
+        size: int,
+        sha256: str,
+    ) -> float:
+        """Rename the written temporary file into place, make it durable and index it; return
+        the time it was indexed. ``fd`` is the temporary file's open descriptor (the caller
+        closes it). Raises :class:`_AlreadyStored` when another writer stored the UID first."""
         # 1. Under the lock: no row and nobody else writing this UID -> rename into place.
         #    A concurrent writer of the same UID is waited for, then it is a duplicate.
         uid = attrs.sop_instance_uid
@@ -576,7 +608,7 @@ class DicomStore:
                     existing = self._lookup_locked(uid)
                     if existing is not None:  # another association stored it meanwhile
                         tmp.unlink(missing_ok=True)
-                        return self._duplicate(existing, sha256, source)
+                        raise _AlreadyStored(existing)
                     pending = self._in_flight.get(uid)
                     if pending is None:
                         self._check_consistency_locked(attrs)
@@ -600,12 +632,12 @@ class DicomStore:
                 # The folder's fsync runs beside the file's, so that both join one journal
                 # commit; both must succeed before the row is committed.
                 folder_synced = self._syncer.submit(fsync_dir, path.parent)
-                fsync_file(path)
+                os.fsync(fd)  # the renamed file: the descriptor follows the inode
                 folder_synced.result()
                 received = time.time()
                 with self._lock:
                     self._check_consistency_locked(attrs)
-                    self._insert_locked(attrs, rel, len(data), sha256, received)
+                    self._insert_locked(attrs, rel, size, sha256, received)
             except BaseException:
                 path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
@@ -617,9 +649,7 @@ class DicomStore:
             with self._lock:
                 del self._in_flight[uid]
             done.set()
-        log.debug("stored %s (%d bytes)", uid, len(data))
-        record = InstanceRecord(attrs, path, len(data), sha256, received)
-        return StoreResult("stored", record)
+        return received
 
     def store_file(self, path: Path) -> StoreResult:
         """Import a DICOM Part 10 file from disk (see :meth:`store`)."""
@@ -655,12 +685,17 @@ class DicomStore:
         )
 
     def _check_consistency_locked(self, attrs: InstanceAttributes) -> None:
-        row = self._db.execute(
-            "SELECT study_uid FROM series WHERE series_uid = ?", (attrs.series_uid,)
-        ).fetchone()
-        if row is not None and row[0] != attrs.study_uid:
+        study_uid = self._series_study.get(attrs.series_uid)
+        if study_uid is None:
+            row = self._db.execute(
+                "SELECT study_uid FROM series WHERE series_uid = ?", (attrs.series_uid,)
+            ).fetchone()
+            if row is None:
+                return
+            study_uid = self._series_study[attrs.series_uid] = row[0]
+        if study_uid != attrs.study_uid:
             raise InconsistentDatasetError(
-                f"series {attrs.series_uid} is already stored under study {row[0]}, but "
+                f"series {attrs.series_uid} is already stored under study {study_uid}, but "
                 f"instance {attrs.sop_instance_uid} puts it under study {attrs.study_uid}; "
                 "the sender must fix the object"
             )
@@ -669,23 +704,26 @@ class DicomStore:
         self, attrs: InstanceAttributes, rel: Path, size: int, sha256: str, received: float
     ) -> None:
         db = self._db
+        new_series = attrs.series_uid not in self._series_study
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "INSERT OR IGNORE INTO patients(patient_id, first_received) VALUES (?, ?)",
-                (attrs.patient_id, received),
-            )
+            if new_series:
+                db.execute(
+                    "INSERT OR IGNORE INTO patients(patient_id, first_received) VALUES (?, ?)",
+                    (attrs.patient_id, received),
+                )
             db.execute(
                 "INSERT INTO studies(study_uid, patient_id, study_date, first_received,"
                 " last_received) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(study_uid) DO UPDATE SET last_received = excluded.last_received",
                 (attrs.study_uid, attrs.patient_id, attrs.study_date, received, received),
             )
-            db.execute(
-                "INSERT OR IGNORE INTO series(series_uid, study_uid, modality, series_number)"
-                " VALUES (?, ?, ?, ?)",
-                (attrs.series_uid, attrs.study_uid, attrs.modality, attrs.series_number),
-            )
+            if new_series:
+                db.execute(
+                    "INSERT OR IGNORE INTO series(series_uid, study_uid, modality, series_number)"
+                    " VALUES (?, ?, ?, ?)",
+                    (attrs.series_uid, attrs.study_uid, attrs.modality, attrs.series_number),
+                )
             db.execute(
                 "INSERT INTO instances(sop_instance_uid, series_uid, sop_class_uid,"
                 " transfer_syntax, path, size, sha256, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -705,6 +743,7 @@ class DicomStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._series_study[attrs.series_uid] = attrs.study_uid
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -853,6 +892,7 @@ class DicomStore:
 
     def _delete_rows(self, sop_instance_uids: list[str]) -> None:
         with self._lock:
+            self._series_study.clear()  # series rows may go
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
-from osteomics.radiology.node import RunningNode
+from osteomics.radiology.node import DUL_IDLE_SLEEP_S, RunningNode
 from osteomics.radiology.store import DicomStore
 
 Dcmtk = Callable[..., subprocess.CompletedProcess[str]]
@@ -97,12 +98,27 @@ def test_pynetdicom_client_dataset_stored_byte_identical(
         for path in (sts001_ct[0], sts001_ct[-1]):
             status = assoc.send_c_store(path)
             assert status.Status == 0x0000
+        # The node's side of the association polls sooner than pynetdicom's default; this
+        # fails if a pynetdicom upgrade drops the private knob (the node would get slower).
+        (served,) = node.server.active_associations
+        assert served.dul._run_loop_delay == DUL_IDLE_SLEEP_S
     finally:
         assoc.release()
     for path in (sts001_ct[0], sts001_ct[-1]):
         record = node.store.get(sop_uid(path))
         assert record is not None
-        assert dataset_bytes(record.path.read_bytes()) == dataset_bytes(path.read_bytes())
+        stored = record.path.read_bytes()
+        assert dataset_bytes(stored) == dataset_bytes(path.read_bytes())
+        # The File Meta Information is what pynetdicom's own event.encoded_dataset() writes.
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        meta = create_file_meta(
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            transfer_syntax=pydicom.uid.ImplicitVRLittleEndian,
+        )
+        assert stored[: -len(dataset_bytes(stored))] == b"\x00" * 128 + b"DICM" + (
+            encode_file_meta(meta)
+        )
 
 
 def test_unknown_calling_ae_is_rejected(
