@@ -179,18 +179,29 @@ class DimseConnector:
             _count(last, "NumberOfWarningSuboperations"),
         )
         if code not in (0x0000, 0xB000):
-            hint = (
-                f"; add our node ({destination_ae}, its host and port) to the modalities of "
-                f"{remote.ae_title}"
-                if code == 0xA801
-                else ""
-            )
+            hint = ""
+            if code == 0xA801:
+                hint = (
+                    f"; add our node ({destination_ae}, its host and port) to the modalities "
+                    f"of {remote.ae_title}"
+                )
+            elif code & 0xF000 == 0xC000:  # "unable to process": Orthanc's for an unknown AE
+                hint = (
+                    f"; check that {remote.ae_title} lists our node ({destination_ae}, its host "
+                    "and port) as a move destination, then its log"
+                )
             raise PacsQueryError(
                 f"remote {remote.name} ({remote.ae_title}) refused the C-MOVE of study "
                 f"{study_uid} to {destination_ae}: status 0x{code:04X} "
-                f"({_MOVE_STATUS.get(code, 'failure')}){hint}"
+                f"({_move_status_name(code)}){hint}"
             )
         return outcome
+
+
+def _move_status_name(code: int) -> str:
+    if code in _MOVE_STATUS:
+        return _MOVE_STATUS[code]
+    return "unable to process" if code & 0xF000 == 0xC000 else "failure"
 
 
 def _count(status: Dataset, keyword: str) -> int:

@@ -5,6 +5,7 @@ Every DCMTK call runs with TCP_NODELAY=1 (see the ``dcmtk`` fixture) and talks t
 
 from __future__ import annotations
 
+import logging
 import struct
 import subprocess
 from collections.abc import Callable
@@ -49,11 +50,17 @@ def test_echoscu_gets_success(node: RunningNode, dcmtk: Dcmtk) -> None:
 
 @pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # an over-long SH in STS
 def test_storescu_ct_and_rtstruct_stored_once_and_identical(
-    node: RunningNode, dcmtk: Dcmtk, sts001_ct: list[Path]
+    node: RunningNode, dcmtk: Dcmtk, sts001_ct: list[Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    done = storescu(dcmtk, node, *sts001_ct)
+    with caplog.at_level(logging.DEBUG):  # every logger: the node's and pynetdicom's
+        done = storescu(dcmtk, node, *sts001_ct)
     assert done.returncode == 0, done.stdout + done.stderr
     sent = {sop_uid(p): p for p in sts001_ct}
+    # Logs name UIDs, never the patient.
+    first = pydicom.dcmread(sts001_ct[0], stop_before_pixels=True)
+    assert first.SOPInstanceUID in caplog.text
+    assert str(first.PatientID) not in caplog.text
+    assert str(first.PatientName) not in caplog.text
     status = node.store.status()
     assert status.instances == len(sent) == 60
     assert (status.patients, status.studies, status.series) == (1, 1, 2)

@@ -48,9 +48,13 @@ class Orthanc:
 
 @pytest.fixture
 def orthanc(
-    tmp_path: Path, node: RunningNode, port_factory: Callable[[], int]
+    tmp_path: Path,
+    node: RunningNode,
+    port_factory: Callable[[], int],
+    request: pytest.FixtureRequest,
 ) -> Iterator[Orthanc]:
-    """Orthanc with our node in its DicomModalities; stopped after the test."""
+    """Orthanc with our node in its DicomModalities; stopped after the test. Indirect
+    parameters (a dict) are added to its configuration."""
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is missing: run .ci/system-packages (apt-get install orthanc)")
     folder = tmp_path / "orthanc"
@@ -68,6 +72,7 @@ def orthanc(
         "DicomCheckModalityHost": True,
         "DicomModalities": {"osteomics": ["OSTEOMICS", "127.0.0.1", node.port]},
         "Plugins": [],
+        **getattr(request, "param", {}),
     }
     (folder / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
     log_path = folder / "orthanc.log"
@@ -227,6 +232,25 @@ def test_pull_errors_unknown_remote_unreachable_pacs_node_down(
     # Orthanc does not know this AE: it accepts the association but aborts the C-FIND.
     stranger = dataclasses.replace(config, ae_title="STRANGER")
     with pytest.raises(PacsQueryError, match="lists our AE STRANGER"):
+        pull(stranger, "pacs", patient_id="STS_001")
+    assert node.store.status().instances == 0
+
+
+@pytest.mark.parametrize(
+    "orthanc", [{"DicomAlwaysAllowFind": True, "DicomAlwaysAllowMove": True}], indirect=True
+)
+def test_pull_to_an_ae_the_pacs_does_not_know_fails_with_the_fix(
+    node: RunningNode, orthanc: Orthanc, orthanc_with_two_patients: dict[str, list[Path]]
+) -> None:
+    """Orthanc lets anyone query and move, but cannot send to an AE title it does not list:
+    the C-MOVE fails as a whole (Orthanc answers 0xC000, unable to process, where the
+    standard also allows 0xA801, move destination unknown) and the message says what to fix."""
+    stranger = dataclasses.replace(_with_pacs(node, orthanc), ae_title="STRANGER")
+    with pytest.raises(
+        PacsQueryError,
+        match=r"to STRANGER: status 0xC000 \(unable to process\); check that ORTHANC lists "
+        r"our node \(STRANGER, its host and port\) as a move destination",
+    ):
         pull(stranger, "pacs", patient_id="STS_001")
     assert node.store.status().instances == 0
 
