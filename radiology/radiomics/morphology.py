@@ -6,6 +6,11 @@ origin and each face; area is the sum of face areas. Voxel positions are voxel c
 the array frame ``(z, y, x) * spacing`` (distances and volumes do not depend on the direction
 matrix).
 
+An ROI one voxel thick (contoured on one slice, no interpolation across slices) is valid: the
+padded marching-cubes mesh is closed, so every mesh feature is defined; its voxel centres are
+coplanar, so the least PCA axis is 0 (least axis length 0, flatness 0) and the approximate
+enclosing ellipsoid is flat: both AEE densities are NaN (undefined).
+
 Not standardised by IBSI, so not computed yet: oriented minimum bounding box (OMBB) and minimum
 volume enclosing ellipsoid (MVEE) densities.
 """
@@ -25,6 +30,8 @@ from skimage.measure import marching_cubes
 log = logging.getLogger(__name__)
 
 FAMILY = "Morphology"
+#: PCA eigenvalues below this fraction of the largest are rounding noise, taken as 0.
+_FLAT_EIGENVALUE_RTOL = 1e-12
 
 
 def mesh(
@@ -199,7 +206,9 @@ def morphology_features(
     out["Maximum 3D diameter"] = float(pdist(hull_pts).max()) if len(hull_pts) > 1 else 0.0
 
     eig = np.sort(np.linalg.eigvalsh(np.cov(pos.T)))[::-1] if len(pos) > 1 else np.zeros(3)
-    l_major, l_minor, l_least = (float(max(e, 0.0)) for e in eig)
+    # Eigenvalues that are rounding noise (a flat ROI, one voxel thick, has an exact 0) are 0.
+    eig = np.where(eig > _FLAT_EIGENVALUE_RTOL * max(float(eig[0]), 0.0), eig, 0.0)
+    l_major, l_minor, l_least = (float(e) for e in eig)
     out["Major axis length"] = 4 * math.sqrt(l_major)
     out["Minor axis length"] = 4 * math.sqrt(l_minor)
     out["Least axis length"] = 4 * math.sqrt(l_least)
@@ -213,8 +222,14 @@ def morphology_features(
     out["Area density (AABB)"] = area / a_aabb
 
     a, b, c = 2 * math.sqrt(l_major), 2 * math.sqrt(l_minor), 2 * math.sqrt(l_least)
-    out["Volume density (AEE)"] = volume / (4 * math.pi * a * b * c / 3)
-    out["Area density (AEE)"] = area / _ellipsoid_area(a, b, c)
+    if c > 0:
+        out["Volume density (AEE)"] = volume / (4 * math.pi * a * b * c / 3)
+        out["Area density (AEE)"] = area / _ellipsoid_area(a, b, c)
+    else:
+        # The voxel centres are coplanar (for example an ROI contoured on one slice): the
+        # approximate enclosing ellipsoid is flat, its volume 0; both densities are undefined.
+        out["Volume density (AEE)"] = math.nan
+        out["Area density (AEE)"] = math.nan
 
     out["Volume density (convex hull)"] = volume / float(hull.volume)
     out["Area density (convex hull)"] = area / float(hull.area)

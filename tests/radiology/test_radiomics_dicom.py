@@ -223,6 +223,66 @@ def test_holes_and_islands_even_odd(tmp_path: Path, ct) -> None:
     assert not mask.array[3, 20, 20] and mask.array[3, 10, 10] and mask.array[3, 52, 52]
 
 
+def test_one_slice_roi_follows_ibsi(tmp_path: Path, ct) -> None:
+    """An ROI contoured on one slice is valid input (IBSI 1 defines every feature on it).
+
+    Without interpolation across slices the mask is one voxel thick: the mesh of the padded mask
+    is closed (morphology defined), the least PCA axis is 0 and the approximate enclosing
+    ellipsoid flat (both AEE densities NaN, the only undefined values); 2D and 2.5D variants
+    coincide (one slice), and so do the 3D variants whose out-of-plane neighbours all lie
+    outside the ROI. 3D interpolation to 2 mm makes it two slices thick, every value defined.
+    """
+    path, ds = _rs_copy(tmp_path)
+    contours = ds.ROIContourSequence[0].ContourSequence
+    planes = sorted({float(c.ContourData[2]) for c in contours})
+    middle = planes[len(planes) // 2]
+    ds.ROIContourSequence[0].ContourSequence = [
+        c for c in contours if float(c.ContourData[2]) == middle
+    ]
+    ds.save_as(path)
+    mask = read_rtstruct_mask(path, ct, ROI)
+    assert np.unique(np.nonzero(mask.array)[0]).size == 1 and mask.n_voxels > 1000
+
+    rows = extract_features(ct.volume, mask, load_config("ibsi-config-a"))
+    values = {(r.family, r.feature): r.value for r in rows}
+    undefined = {k for k, v in values.items() if not math.isfinite(v)}
+    assert undefined == {
+        ("Morphology", "Volume density (AEE)"),
+        ("Morphology", "Area density (AEE)"),
+    }
+    morph = {f: v for (fam, f), v in values.items() if fam == "Morphology"}
+    assert morph["Volume (mesh)"] == pytest.approx(morph["Volume (voxel counting)"], rel=0.02)
+    assert morph["Least axis length"] == 0.0 and morph["Flatness"] == 0.0
+    assert morph["Minor axis length"] > 0
+
+    def same(family_a: str, family_b: str) -> None:
+        a = {f: v for (fam, f), v in values.items() if fam == family_a}
+        b = {f: v for (fam, f), v in values.items() if fam == family_b}
+        assert a and a.keys() == b.keys()
+        for feature in a:
+            assert a[feature] == pytest.approx(b[feature], rel=1e-9), (family_a, feature)
+
+    for stem in ("Co-occurrence matrix", "Run length matrix"):
+        same(f"{stem} (2D, averaged)", f"{stem} (2.5D, direction-merged)")
+        same(f"{stem} (2D, slice-merged)", f"{stem} (2.5D, merged)")
+    same("Co-occurrence matrix (2.5D, merged)", "Co-occurrence matrix (3D, merged)")
+    for stem in ("Size zone matrix", "Neighbourhood grey tone difference matrix",
+                 "Neighbouring grey level dependence matrix"):  # fmt: skip
+        same(f"{stem} (2D)", f"{stem} (2.5D)")
+        same(f"{stem} (2.5D)", f"{stem} (3D)")
+    same("Distance zone matrix (2D)", "Distance zone matrix (2.5D)")
+    # in 3D every voxel of a one-voxel-thick ROI is at distance 1 from its border
+    assert values[("Distance zone matrix (3D)", "Small distance emphasis")] == 1.0
+    assert values[("Distance zone matrix (2D)", "Small distance emphasis")] < 1.0
+
+    config = load_config("ct")
+    assert config.interpolation is not None and config.interpolation.slice_mm == 2.0
+    _, resampled = resample(ct.volume, mask, config.interpolation)
+    assert np.unique(np.nonzero(resampled.array)[0]).size == 2  # 3.27 mm slice -> 2 x 2 mm
+    rows = extract_features(ct.volume, mask, config)
+    assert all(math.isfinite(r.value) for r in rows)
+
+
 def test_study_folder_finds_series_and_rtstruct() -> None:
     study = read_dicom_study(STS / "STS_001" / "CT")
     mask = read_study_mask(study, None)
