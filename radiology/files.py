@@ -33,25 +33,6 @@ def write_temp(path: Path, data: bytes, fsync: bool = False) -> Path:
     Returns the temporary path. On any error the temporary file is removed before the error
     propagates.
     """
-    tmp, fd = write_temp_open(path, data)
-    try:
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    return tmp
-
-
-def write_temp_open(path: Path, data: bytes) -> tuple[Path, int]:
-    """Write ``data`` to a new temporary file next to ``path``; return its path and its still
-    open file descriptor (not fsynced), which the caller must close.
-
-    Keeping the descriptor saves opening the file again for its fsync, also after it has been
-    renamed into place. On any error the temporary file is removed before the error propagates.
-    """
     tmp = temp_path_for(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -60,13 +41,14 @@ def write_temp_open(path: Path, data: bytes) -> tuple[Path, int]:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-        except BaseException:
+            if fsync:
+                os.fsync(fd)
+        finally:
             os.close(fd)
-            raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return tmp, fd
+    return tmp
 
 
 def write_temp_durable(path: Path, data: bytes) -> Path:

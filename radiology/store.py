@@ -60,9 +60,10 @@ from osteomics.radiology.errors import (
 from osteomics.radiology.files import (
     NO_SPACE_ERRNOS,
     fsync_dir,
+    fsync_file,
     is_temp_file,
     make_dirs_durable,
-    write_temp_open,
+    write_temp,
 )
 from osteomics.radiology.part10 import IncompleteDatasetError, RawValue, scan_dataset
 from osteomics.radiology.uids import is_valid_uid, validate_uid
@@ -145,14 +146,6 @@ _SPECIFIC_CHARACTER_SET = int(Tag("SpecificCharacterSet"))
 _SCAN_TAGS = frozenset((*_INDEX_KEYWORDS, _SPECIFIC_CHARACTER_SET))
 
 Outcome = Literal["stored", "duplicate", "conflict"]
-
-
-class _AlreadyStored(Exception):
-    """Another writer indexed the same SOP Instance UID first (internal to DicomStore.store)."""
-
-    def __init__(self, record: InstanceRecord) -> None:
-        super().__init__(record.attributes.sop_instance_uid)
-        self.record = record
 
 
 @dataclass(frozen=True)
@@ -337,7 +330,7 @@ def read_dataset_attributes(
     if not ts.is_transfer_syntax:
         raise InvalidDatasetError(f"{source}: {ts} is not a known transfer syntax")
     if ts.is_deflated or ts == pydicom.uid.ExplicitVRBigEndian:
-        values = _values_by_pydicom(data, start, ts, source)
+        values = _values_by_pydicom(data, source)
     else:
         try:
             raw = scan_dataset(data, start, ts == pydicom.uid.ImplicitVRLittleEndian, _SCAN_TAGS)
@@ -390,7 +383,7 @@ def _values_from_raw(raw: dict[int, RawValue], source: str) -> dict[str, str]:
     return values
 
 
-def _values_by_pydicom(data: bytes, start: int, ts: pydicom.uid.UID, source: str) -> dict[str, str]:
+def _values_by_pydicom(data: bytes, source: str) -> dict[str, str]:
     """Index attribute values of a deflated or big-endian dataset, read by pydicom."""
     try:
         ds = pydicom.dcmread(
@@ -573,32 +566,10 @@ class DicomStore:
 
         try:
             make_dirs_durable(path.parent, self.root)
-            tmp, fd = write_temp_open(path, data)
+            tmp = write_temp(path, data)
         except OSError as exc:
             raise self._write_error(exc, path) from exc
-        try:
-            received = self._commit_written(attrs, tmp, fd, path, rel, len(data), sha256)
-        except _AlreadyStored as already:
-            return self._duplicate(already.record, sha256, source)
-        finally:
-            os.close(fd)
-        log.debug("stored %s (%d bytes)", attrs.sop_instance_uid, len(data))
-        record = InstanceRecord(attrs, path, len(data), sha256, received)
-        return StoreResult("stored", record)
 
-    def _commit_written(
-        self,
-        attrs: InstanceAttributes,
-        tmp: Path,
-        fd: int,
-        path: Path,
-        rel: Path,
-        size: int,
-        sha256: str,
-    ) -> float:
-        """Rename the written temporary file into place, make it durable and index it; return
-        the time it was indexed. ``fd`` is the temporary file's open descriptor (the caller
-        closes it). Raises :class:`_AlreadyStored` when another writer stored the UID first."""
         # 1. Under the lock: no row and nobody else writing this UID -> rename into place.
         #    A concurrent writer of the same UID is waited for, then it is a duplicate.
         uid = attrs.sop_instance_uid
@@ -608,7 +579,7 @@ class DicomStore:
                     existing = self._lookup_locked(uid)
                     if existing is not None:  # another association stored it meanwhile
                         tmp.unlink(missing_ok=True)
-                        raise _AlreadyStored(existing)
+                        return self._duplicate(existing, sha256, source)
                     pending = self._in_flight.get(uid)
                     if pending is None:
                         self._check_consistency_locked(attrs)
@@ -632,12 +603,12 @@ class DicomStore:
                 # The folder's fsync runs beside the file's, so that both join one journal
                 # commit; both must succeed before the row is committed.
                 folder_synced = self._syncer.submit(fsync_dir, path.parent)
-                os.fsync(fd)  # the renamed file: the descriptor follows the inode
+                fsync_file(path)
                 folder_synced.result()
                 received = time.time()
                 with self._lock:
                     self._check_consistency_locked(attrs)
-                    self._insert_locked(attrs, rel, size, sha256, received)
+                    self._insert_locked(attrs, rel, len(data), sha256, received)
             except BaseException:
                 path.unlink(missing_ok=True)
                 with contextlib.suppress(OSError):
@@ -649,7 +620,9 @@ class DicomStore:
             with self._lock:
                 del self._in_flight[uid]
             done.set()
-        return received
+        log.debug("stored %s (%d bytes)", uid, len(data))
+        record = InstanceRecord(attrs, path, len(data), sha256, received)
+        return StoreResult("stored", record)
 
     def store_file(self, path: Path) -> StoreResult:
         """Import a DICOM Part 10 file from disk (see :meth:`store`)."""

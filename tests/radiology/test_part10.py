@@ -11,6 +11,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -97,15 +98,15 @@ def test_scan_walks_explicit_vr_and_nested_sequences(
     )
     start = dataset_start(data)
     expected = top_level(data, start, implicit=False)
-    wanted = frozenset(expected)
-    found = scan_dataset(data, start, implicit_vr=False, wanted=wanted)
+    found = scan_dataset(data, start, implicit_vr=False, wanted=frozenset(expected))
     ds = pydicom.dcmread(io.BytesIO(data))
-    for tag, value in found.items():
-        assert value.vr == ds[tag].VR
-        if value.vr != "SQ" or not undefined_sequences:
-            assert value.value == expected[tag] or value.vr == "SQ"
-    sequences = [t for t in expected if ds[t].VR == "SQ"]
-    assert sequences and all(t in found for t in sequences) != undefined_sequences
+    sequences = {t for t in expected if ds[t].VR == "SQ"}
+    assert sequences
+    for tag in set(expected) - sequences:
+        assert (found[tag].vr, found[tag].value) == (ds[tag].VR, expected[tag])
+    # Sequences are walked, not returned, when their length is undefined; with a defined
+    # length they are one value like any other.
+    assert {t for t in found if t in sequences} == (set() if undefined_sequences else sequences)
 
 
 def test_scan_skips_encapsulated_pixel_data(sts001_ct: list[Path], tmp_path: Path) -> None:
@@ -208,3 +209,17 @@ def test_file_meta_bytes_equal_pydicom(sop_class: str, instance: str, syntax: st
         sop_class, instance, syntax, "1.2.826.0.1.3680043.9.3811.3.0.4", "PYNETDICOM_304"
     )
     assert ours == buffer.getvalue()
+
+
+def test_deflated_dataset_is_read_by_pydicom(sts001_ct: list[Path]) -> None:
+    """Deflated Explicit VR Little Endian is not walked by part10; pydicom inflates it."""
+    ds = pydicom.dcmread(sts001_ct[0])
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    assert len(data) < len(sts001_ct[0].read_bytes())  # it really is deflated
+    attrs = read_attributes(data)
+    assert attrs.transfer_syntax == DeflatedExplicitVRLittleEndian
+    assert (attrs.sop_instance_uid, attrs.series_uid) == (ds.SOPInstanceUID, ds.SeriesInstanceUID)
+    assert attrs.patient_id == ds.PatientID
