@@ -59,17 +59,17 @@ def encode_file_meta(
     elements = b"".join(
         (
             _explicit(0x0001, b"OB", b"\x00\x01"),
-            _explicit(0x0002, b"UI", _ui(sop_class_uid)),
-            _explicit(0x0003, b"UI", _ui(sop_instance_uid)),
-            _explicit(0x0010, b"UI", _ui(transfer_syntax_uid)),
-            _explicit(0x0012, b"UI", _ui(implementation_class_uid)),
+            _explicit(0x0002, b"UI", encode_ui(sop_class_uid)),
+            _explicit(0x0003, b"UI", encode_ui(sop_instance_uid)),
+            _explicit(0x0010, b"UI", encode_ui(transfer_syntax_uid)),
+            _explicit(0x0012, b"UI", encode_ui(implementation_class_uid)),
             _explicit(0x0013, b"SH", _text(implementation_version_name)),
         )
     )
     return _explicit(0x0000, b"UL", _U32.pack(len(elements))) + elements
 
 
-def _ui(uid: str) -> bytes:
+def encode_ui(uid: str) -> bytes:
     value = uid.encode("ascii")
     return value + b"\x00" if len(value) % 2 else value
 

@@ -1,8 +1,9 @@
-"""The node's association reactor (radiology/dimse_reactor.py) on real associations.
+"""How the node runs accepted associations (radiology/acceptor.py), on real associations.
 
-It replaces pynetdicom's private acceptor loop, so these tests check that it still does every
-job of that loop: serve messages, answer a release, notice an abort, drop a silent peer, and
-that the node serves the next association after each.
+The reactor replaces pynetdicom's private acceptor loop, so these tests check that it still
+does every job of that loop: serve messages, answer a release, notice an abort, drop a silent
+peer, and that the node serves the next association after each. The C-STORE responses the node
+encodes itself must be pynetdicom's bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import pydicom
 import pytest
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 
-from osteomics.radiology.dimse_reactor import _prompt_reactor
+from osteomics.radiology.acceptor import (
+    DUL_IDLE_SLEEP_S,
+    _plain_store_response,
+    _prompt_reactor,
+    encode_c_store_response,
+)
 from osteomics.radiology.node import VERIFICATION_SOP_CLASS, RunningNode
 
 NODE_AE = "OSTEOMICS"  # as the conftest's node.toml says
@@ -58,6 +67,50 @@ def test_pynetdicom_still_has_what_the_reactor_replaces_and_uses() -> None:
     assert assoc.dimse.msg_queue.empty()
     assert callable(assoc.acse.is_release_requested)
     assert callable(assoc.dul.idle_timer_expired)
+    assert callable(assoc.dimse.send_msg)
+    assert assoc.dul._run_loop_delay == 0.001  # what acceptor.DUL_IDLE_SLEEP_S shortens
+
+
+def pynetdicom_encoding(primitive: C_STORE) -> bytes:
+    message = C_STORE_RSP()
+    message.primitive_to_message(primitive)
+    return bytes(encode(message.command_set, True, True))
+
+
+@pytest.mark.parametrize(
+    ("message_id", "status", "sop_class", "sop_instance"),
+    [
+        (1, 0x0000, pydicom.uid.CTImageStorage, "1.2.3.4"),  # even-length instance UID
+        (65535, 0xA700, pydicom.uid.MRImageStorage, "1.2.826.0.1.3680043.8.498.1"),  # odd
+        (7, 0xC000, pydicom.uid.RTStructureSetStorage, "1." + "2" * 62),  # 64 characters
+        (300, 0xA900, pydicom.uid.SegmentationStorage, "1.23"),
+        (2, 0x0110, pydicom.uid.VLWholeSlideMicroscopyImageStorage, "1.2.3"),
+    ],
+)
+def test_c_store_response_bytes_equal_pynetdicom(
+    message_id: int, status: int, sop_class: str, sop_instance: str
+) -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = message_id
+    primitive.Status = status
+    primitive.AffectedSOPClassUID = sop_class
+    primitive.AffectedSOPInstanceUID = sop_instance
+    ours = encode_c_store_response(message_id, status, sop_class, sop_instance)
+    assert ours == pynetdicom_encoding(primitive)
+    assert _plain_store_response(primitive) == ours
+
+
+def test_responses_with_more_than_a_status_are_left_to_pynetdicom() -> None:
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 1
+    primitive.Status = 0xC000
+    primitive.AffectedSOPClassUID = pydicom.uid.CTImageStorage
+    primitive.AffectedSOPInstanceUID = "1.2.3"
+    primitive.ErrorComment = "cannot understand"
+    assert _plain_store_response(primitive) is None
+    request = C_STORE()  # a request (no MessageIDBeingRespondedTo) is not a response
+    request.MessageID = 1
+    assert _plain_store_response(request) is None
 
 
 def test_served_association_runs_the_prompt_reactor_and_stores(
@@ -69,6 +122,8 @@ def test_served_association_runs_the_prompt_reactor_and_stores(
     try:
         (served,) = node.server.active_associations
         assert served._run_reactor.__func__ is _prompt_reactor
+        assert served.dimse.send_msg.__qualname__.startswith("send_store_responses_directly")
+        assert served.dul._run_loop_delay == DUL_IDLE_SLEEP_S
         # Several requests back to back, each answered (none left waiting on the queue).
         for path in sts001_ct[:5]:
             assert assoc.send_c_store(path).Status == 0x0000
