@@ -19,12 +19,15 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
 from osteomics.radiology.acceptor import (
     DUL_IDLE_SLEEP_S,
     _plain_store_response,
     _prompt_reactor,
     encode_c_store_response,
+    encode_p_data_tf,
 )
 from osteomics.radiology.node import VERIFICATION_SOP_CLASS, RunningNode
 
@@ -68,6 +71,7 @@ def test_pynetdicom_still_has_what_the_reactor_replaces_and_uses() -> None:
     assert callable(assoc.acse.is_release_requested)
     assert callable(assoc.dul.idle_timer_expired)
     assert callable(assoc.dimse.send_msg)
+    assert assoc.dul.state_machine.current_state == "Sta1"  # Sta6 once established
     assert assoc.dul._run_loop_delay == 0.001  # what acceptor.DUL_IDLE_SLEEP_S shortens
 
 
@@ -100,6 +104,16 @@ def test_c_store_response_bytes_equal_pynetdicom(
     assert _plain_store_response(primitive) == ours
 
 
+@pytest.mark.parametrize("context_id", [1, 3, 255])
+def test_p_data_tf_bytes_equal_pynetdicom(context_id: int) -> None:
+    fragment = b"\x03" + encode_c_store_response(5, 0, pydicom.uid.CTImageStorage, "1.2.3")
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, fragment))
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    assert encode_p_data_tf(context_id, fragment) == pdu.encode()
+
+
 def test_responses_with_more_than_a_status_are_left_to_pynetdicom() -> None:
     primitive = C_STORE()
     primitive.MessageIDBeingRespondedTo = 1
@@ -124,6 +138,7 @@ def test_served_association_runs_the_prompt_reactor_and_stores(
         assert served._run_reactor.__func__ is _prompt_reactor
         assert served.dimse.send_msg.__qualname__.startswith("send_store_responses_directly")
         assert served.dul._run_loop_delay == DUL_IDLE_SLEEP_S
+        assert served.dul.state_machine.current_state == "Sta6"  # responses written directly
         # Several requests back to back, each answered (none left waiting on the queue).
         for path in sts001_ct[:5]:
             assert assoc.send_c_store(path).Status == 0x0000
