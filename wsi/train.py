@@ -626,6 +626,10 @@ def train(
         training={
             **training_summary(images, classes, folder),
             "config": config_dict,
+            # The starting weights, when not from scratch (a file of the user's, so its hash).
+            "checkpoint_sha256": sha256_file(Path(config.checkpoint))
+            if config.checkpoint
+            else None,
             "final_epochs": final_epochs,
             "final_train_loss": history[-1]["train_loss"] if history else None,
             "torch_threads": torch.get_num_threads(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -106,6 +107,13 @@ def test_tiny_training_run_gives_a_loadable_deterministic_model(
     ).read_bytes()
     card2 = json.loads((tmp_path / "m2" / CARD_FILE).read_text())
     assert card2["cross_validation"]["predictions"] == card.cross_validation["predictions"]
+    assert card2["training"]["checkpoint_sha256"] is None  # from scratch
+    # Fine-tuning from a local checkpoint (here the first model's weights) records its hash.
+    _train(small_folder, tmp_path / "m3", "--checkpoint", str(tmp_path / "m1" / WEIGHTS_FILE))
+    card3 = json.loads((tmp_path / "m3" / CARD_FILE).read_text())
+    assert card3["training"]["checkpoint_sha256"] == hashlib.sha256(
+        (tmp_path / "m1" / WEIGHTS_FILE).read_bytes()
+    ).hexdigest()
 
 
 def test_cases_csv_overrides_file_name_cases(small_folder: Path, tmp_path: Path) -> None:
@@ -132,3 +140,40 @@ def test_a_folder_with_one_class_is_refused(small_folder: Path, tmp_path: Path) 
     result = CliRunner().invoke(app, ["train", str(one), "--out", str(tmp_path / "m")])
     assert isinstance(result.exception, TrainingDataError)
     assert "only one class" in str(result.exception)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_training_starts_from_a_local_pretrained_checkpoint(tmp_path: Path, suffix: str) -> None:
+    """A pretrained timm checkpoint on disk (ImageNet-shaped: RGB input, 1000 classes) starts
+    a 2-channel (haematoxylin/eosin), 3-class network: its body is the checkpoint's, the first
+    convolution is adapted to 2 channels by timm and the classifier is new."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from osteomics.wsi.model import Preprocessing
+    from osteomics.wsi.train import TrainConfig, new_network
+
+    torch.manual_seed(0)
+    pretrained = timm.create_model("lcnet_050", pretrained=False, num_classes=1000)
+    state = {k: v.contiguous() for k, v in pretrained.state_dict().items()}
+    path = tmp_path / f"lcnet_050_imagenet{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    config = TrainConfig(
+        arch="lcnet_050",
+        checkpoint=str(path),
+        preprocessing=Preprocessing(colour="he", mean=(0.5, 0.5), std=(0.25, 0.25)),
+    )
+    net = new_network(config, n_classes=3)
+    ours = net.state_dict()
+    body = [k for k in state if not k.startswith(("conv_stem.", "classifier."))]
+    assert len(body) > 100 and all(torch.equal(ours[k], state[k]) for k in body)
+    assert ours["conv_stem.weight"].shape[1] == 2
+    assert ours["classifier.weight"].shape[0] == 3
+
+    missing = TrainConfig(arch="lcnet_050", checkpoint=str(tmp_path / "absent.pth"))
+    with pytest.raises(TrainingDataError, match="no such checkpoint file"):
+        new_network(missing, n_classes=3)
