@@ -111,9 +111,10 @@ def test_tiny_training_run_gives_a_loadable_deterministic_model(
     # Fine-tuning from a local checkpoint (here the first model's weights) records its hash.
     _train(small_folder, tmp_path / "m3", "--checkpoint", str(tmp_path / "m1" / WEIGHTS_FILE))
     card3 = json.loads((tmp_path / "m3" / CARD_FILE).read_text())
-    assert card3["training"]["checkpoint_sha256"] == hashlib.sha256(
-        (tmp_path / "m1" / WEIGHTS_FILE).read_bytes()
-    ).hexdigest()
+    assert (
+        card3["training"]["checkpoint_sha256"]
+        == hashlib.sha256((tmp_path / "m1" / WEIGHTS_FILE).read_bytes()).hexdigest()
+    )
 
 
 def test_cases_csv_overrides_file_name_cases(small_folder: Path, tmp_path: Path) -> None:
