@@ -18,7 +18,12 @@ A ``BQML`` series is converted to SUVbw = activity concentration × body weight 
 dose decayed to the reference time of the image (DecayCorrection ``START``: series time;
 ``ADMIN``: none). Other units (``CNTS``, ...) or missing tags are refused with the tags named.
 
-SEG (highdicom): frames matched to the image slices by their referenced SOP instances.
+Multi-frame (enhanced and legacy converted enhanced CT, MR, PET) instances: each frame is a
+slice, with its position, orientation, pixel spacing and rescale from the per-frame functional
+groups (else the shared ones); the same sorting and checks apply.
+
+SEG (highdicom): frames matched to the image slices by their referenced SOP instances (and
+frame numbers, on a multi-frame image).
 
 RTSTRUCT: each CLOSED_PLANAR contour of the ROI is mapped into voxel indices through the volume's
 affine, assigned to the nearest slice, and rasterised with pixel-centre sampling; the contours of
@@ -100,12 +105,15 @@ class SeriesInfo:
 class DicomImage:
     """A DICOM series read into a :class:`Volume`, with its identity.
 
-    ``sop_instance_uids`` lists the slices' SOPInstanceUIDs in array (axis 0) order.
+    ``sop_instance_uids`` lists the slices' SOPInstanceUIDs in array (axis 0) order; for a
+    multi-frame (enhanced) series ``frame_numbers`` gives each slice's frame in its instance
+    (1-based; empty for single-frame series).
     """
 
     volume: Volume
     info: SeriesInfo
     sop_instance_uids: tuple[str, ...] = ()
+    frame_numbers: tuple[int, ...] = ()
 
 
 def _dcmread(path: Path, *, pixels: bool) -> Any:
@@ -203,19 +211,141 @@ def suv_factor(ds: Any, label: str) -> float:
     return weight_g / decayed
 
 
-def _volume_from_slices(items: list[tuple[Path, Any]], label: str) -> tuple[Volume, Any, list[str]]:
-    """Sort, check and stack the slices of one series; returns volume, first header, SOP UIDs."""
-    iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
+@dataclass(frozen=True)
+class _Frame:
+    """One 2D image of a series: a single-frame file, or one frame of a multi-frame file."""
+
+    path: Path
+    #: 1-based frame number in a multi-frame (enhanced) file; None for a single-frame file.
+    number: int | None
+    sop_instance_uid: str
+    position: tuple[float, ...]
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, ...]
+    slope: float
+    intercept: float
+    #: SpacingBetweenSlices, else SliceThickness (mm): the step of a one-slice series only.
+    thickness_mm: float | None
+    rows: int
+    columns: int
+
+
+def _is_multi_frame(ds: Any) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in ds
+
+
+def _group_item(per_frame: Any, shared: Any, sequence: str) -> Any:
+    """The item of a functional group macro for one frame: its own, else the shared one."""
+    for groups in (per_frame, shared):
+        if groups is not None and groups.get(sequence):
+            return groups.get(sequence)[0]
+    return None
+
+
+def _floats(value: Any, what: str, label: str) -> tuple[float, ...]:
+    if value is None:
+        raise SeriesGeometryError(f"{label}: {what} is missing")
+    return tuple(float(v) for v in value)
+
+
+def _frames_of(path: Path, ds: Any, label: str) -> list[_Frame]:
+    """The frames of one image file (header only), with their geometry and rescale."""
+    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if not _is_multi_frame(ds):
+        return [
+            _Frame(
+                path=path,
+                number=None,
+                sop_instance_uid=sop_uid,
+                position=_floats(ds.get("ImagePositionPatient"), "ImagePositionPatient", label),
+                orientation=_floats(
+                    ds.get("ImageOrientationPatient"), "ImageOrientationPatient", label
+                ),
+                pixel_spacing=_floats(ds.get("PixelSpacing"), "PixelSpacing", label),
+                slope=float(ds.get("RescaleSlope", 1) or 1),
+                intercept=float(ds.get("RescaleIntercept", 0) or 0),
+                thickness_mm=_thickness(ds),
+                rows=rows,
+                columns=columns,
+            )
+        ]
+    shared_groups = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_groups[0] if shared_groups else None
+    frames = []
+    for number, per_frame in enumerate(ds.PerFrameFunctionalGroupsSequence, start=1):
+        where = f"{label}, frame {number}"
+        plane = _group_item(per_frame, shared, "PlanePositionSequence")
+        orientation = _group_item(per_frame, shared, "PlaneOrientationSequence")
+        measures = _group_item(per_frame, shared, "PixelMeasuresSequence")
+        rescale = _group_item(per_frame, shared, "PixelValueTransformationSequence")
+        frames.append(
+            _Frame(
+                path=path,
+                number=number,
+                sop_instance_uid=sop_uid,
+                position=_floats(
+                    plane.get("ImagePositionPatient") if plane else None,
+                    "PlanePositionSequence/ImagePositionPatient",
+                    where,
+                ),
+                orientation=_floats(
+                    orientation.get("ImageOrientationPatient") if orientation else None,
+                    "PlaneOrientationSequence/ImageOrientationPatient",
+                    where,
+                ),
+                pixel_spacing=_floats(
+                    measures.get("PixelSpacing") if measures else None,
+                    "PixelMeasuresSequence/PixelSpacing",
+                    where,
+                ),
+                slope=float(rescale.get("RescaleSlope", 1) or 1) if rescale else 1.0,
+                intercept=float(rescale.get("RescaleIntercept", 0) or 0) if rescale else 0.0,
+                thickness_mm=_thickness(measures) if measures else None,
+                rows=rows,
+                columns=columns,
+            )
+        )
+    return frames
+
+
+def _thickness(ds: Any) -> float | None:
+    value = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    return float(value) if value else None
+
+
+def _frame_pixels(frames: list[_Frame]) -> list[NDArray[np.float64]]:
+    """Rescaled pixel arrays of ``frames`` (each file decoded once), in ``frames`` order."""
+    decoded: dict[Path, NDArray[Any]] = {}
+    out = []
+    for frame in frames:
+        if frame.path not in decoded:
+            ds = _dcmread(frame.path, pixels=True)
+            try:
+                decoded[frame.path] = ds.pixel_array
+            except Exception as exc:  # pydicom raises many kinds for undecodable pixel data
+                raise ImageReadError(f"{frame.path}: cannot decode the pixel data ({exc})") from exc
+        array = decoded[frame.path]
+        if frame.number is not None and array.ndim == 3:
+            array = array[frame.number - 1]
+        out.append(array.astype(np.float64) * frame.slope + frame.intercept)
+    return out
+
+
+def _volume_from_frames(frames: list[_Frame], label: str) -> tuple[Volume, list[_Frame]]:
+    """Sort, check and stack the frames of one series; returns the volume and the frames in
+    array (axis 0) order."""
+    iops = np.array([frame.orientation for frame in frames])
     if not np.allclose(iops, iops[0], atol=1e-4):
         raise SeriesGeometryError(f"{label}: slices have different ImageOrientationPatient")
     row_cos, col_cos = iops[0, :3], iops[0, 3:]
     normal = np.cross(row_cos, col_cos)
-    ipps = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    ipps = np.array([frame.position for frame in frames])
     proj = ipps @ normal
     order = np.argsort(proj, kind="stable")
-    items = [items[i] for i in order]
+    frames = [frames[i] for i in order]
     ipps, proj = ipps[order], proj[order]
-    if len(items) > 1:
+    if len(frames) > 1:
         steps = np.diff(proj)
         if np.any(steps < _SPACING_ATOL_MM):
             k = int(np.argmin(steps))
@@ -247,39 +377,31 @@ def _volume_from_slices(items: list[tuple[Path, Any]], label: str) -> tuple[Volu
                 "sheared stack); resample the series first"
             )
     else:
-        dz = float(
-            items[0][1].get("SpacingBetweenSlices") or items[0][1].get("SliceThickness") or 1
-        )
-    first = items[0][1]
-    rows, cols = int(first.Rows), int(first.Columns)
-    pixel_spacing = [float(v) for v in first.PixelSpacing]
-    slices = []
-    for path, _ in items:
-        ds = _dcmread(path, pixels=True)
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise SeriesGeometryError(f"{label}: slices have different sizes")
-        try:
-            arr = ds.pixel_array.astype(np.float64)
-        except Exception as exc:  # pydicom raises many kinds for undecodable pixel data
-            raise ImageReadError(f"{path}: cannot decode the pixel data ({exc})") from exc
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        slices.append(arr * slope + intercept)
-    array = np.stack(slices)
+        dz = frames[0].thickness_mm or 1.0
+    first = frames[0]
+    if any((f.rows, f.columns) != (first.rows, first.columns) for f in frames):
+        raise SeriesGeometryError(f"{label}: slices have different sizes")
+    if not np.allclose([f.pixel_spacing for f in frames], first.pixel_spacing, rtol=1e-4):
+        raise SeriesGeometryError(f"{label}: slices have different PixelSpacing")
     direction = np.column_stack([normal, col_cos, row_cos])
     volume = Volume(
-        array=array,
-        spacing_mm=(dz, pixel_spacing[0], pixel_spacing[1]),
+        array=np.stack(_frame_pixels(frames)),
+        spacing_mm=(dz, first.pixel_spacing[0], first.pixel_spacing[1]),
         origin_mm=(float(ipps[0, 0]), float(ipps[0, 1]), float(ipps[0, 2])),
         direction=direction,
     )
-    return volume, first, [str(ds.get("SOPInstanceUID", "")) for _, ds in items]
+    return volume, frames
+
+
+def _n_frames(ds: Any) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
 
 
 def _group_series(headers: list[tuple[Path, Any]]) -> dict[str, list[tuple[Path, Any]]]:
     groups: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
     for path, ds in headers:
-        if str(ds.get("Modality", "")) in IMAGE_MODALITIES and "ImagePositionPatient" in ds:
+        geometry = "ImagePositionPatient" in ds or _is_multi_frame(ds)
+        if str(ds.get("Modality", "")) in IMAGE_MODALITIES and geometry:
             groups[str(ds.get("SeriesInstanceUID", ""))].append((path, ds))
     return groups
 
@@ -327,10 +449,16 @@ def _read_group(
     elif not groups:
         raise ImageReadError(f"{folder}: no CT, MR or PET image series found")
     else:
-        names = [f"{v[0][1].Modality} {_short(k)} ({len(v)} slices)" for k, v in groups.items()]
+        names = [
+            f"{v[0][1].Modality} {_short(k)} ({sum(_n_frames(ds) for _, ds in v)} slices)"
+            for k, v in groups.items()
+        ]
         raise ImageReadError(f"{folder}: several image series ({', '.join(names)}); pick one")
-    label = _series_label(folder, items[0][1])
-    volume, first, sop_uids = _volume_from_slices(items, label)
+    first = items[0][1]
+    label = _series_label(folder, first)
+    volume, frames = _volume_from_frames(
+        [frame for path, ds in items for frame in _frames_of(path, ds, label)], label
+    )
     modality = str(first.Modality)
     units = {"CT": "HU", "MR": "MR units"}.get(modality, "")
     if modality == "PT":
@@ -355,7 +483,13 @@ def _read_group(
         units=units,
     )
     log.debug("read %s: shape %s, spacing %s mm", label, volume.shape, volume.spacing_mm)
-    return DicomImage(volume, info, tuple(sop_uids))
+    multi_frame = any(frame.number is not None for frame in frames)
+    return DicomImage(
+        volume,
+        info,
+        tuple(frame.sop_instance_uid for frame in frames),
+        tuple(frame.number or 1 for frame in frames) if multi_frame else (),
+    )
 
 
 def dicom_modality(path: Path) -> str:
@@ -605,8 +739,9 @@ def seg_segment_labels(path: Path) -> list[str]:
 def read_seg_mask(path: Path, image: DicomImage, segment: str | None = None) -> Mask:
     """Read one segment of a DICOM SEG (highdicom) onto the grid of ``image``.
 
-    Frames are matched to the image's slices through their referenced source SOP instances;
-    slices without a frame are empty. Fractional segmentations are thresholded at 0.5.
+    Frames are matched to the image's slices through their referenced source SOP instances
+    (and source frame numbers, for a multi-frame image); slices without a frame are empty.
+    Fractional segmentations are thresholded at 0.5.
 
     Parameters
     ----------
@@ -654,21 +789,32 @@ def read_seg_mask(path: Path, image: DicomImage, segment: str | None = None) -> 
             f"series in {_short(image.info.frame_of_reference)}"
         )
     referenced = {uid for _, _, uid in seg.get_source_image_uids()}
-    present = [u for u in image.sop_instance_uids if u in referenced]
+    present = [u for u in dict.fromkeys(image.sop_instance_uids) if u in referenced]
     if not present:
         raise GeometryMismatchError(
             f"{path}: the segmentation references none of the image series' slices"
         )
-    pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=present,
-        segment_numbers=numbers[:1],
-        assert_missing_frames_are_empty=True,
-    )[..., 0]
     vol = image.volume
     mask = np.zeros(vol.shape, dtype=bool)
-    index = {u: i for i, u in enumerate(image.sop_instance_uids)}
-    for k, uid in enumerate(present):
-        mask[index[uid]] = pixels[k] >= 0.5
+    if image.frame_numbers:  # frames of multi-frame (enhanced) instances
+        for uid in present:
+            slices = [i for i, u in enumerate(image.sop_instance_uids) if u == uid]
+            pixels = seg.get_pixels_by_source_frame(
+                source_sop_instance_uid=uid,
+                source_frame_numbers=[image.frame_numbers[i] for i in slices],
+                segment_numbers=numbers[:1],
+                assert_missing_frames_are_empty=True,
+            )[..., 0]
+            mask[slices] = pixels >= 0.5
+    else:
+        pixels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=present,
+            segment_numbers=numbers[:1],
+            assert_missing_frames_are_empty=True,
+        )[..., 0]
+        index = {u: i for i, u in enumerate(image.sop_instance_uids)}
+        for k, uid in enumerate(present):
+            mask[index[uid]] = pixels[k] >= 0.5
     if not mask.any():
         raise EmptyMaskError(f"{path}: segment {segment!r} holds no voxel on this image")
     return Mask(

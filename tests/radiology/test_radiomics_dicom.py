@@ -139,6 +139,16 @@ def test_non_uniform_spacing_is_refused(tmp_path: Path) -> None:
         read_dicom_series(folder)
 
 
+def test_mixed_pixel_spacing_is_refused(tmp_path: Path) -> None:
+    folder = _copy(CT / "image", tmp_path / "image")
+    path = folder / "000030.dcm"
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing = [float(v) * 2 for v in ds.PixelSpacing]
+    ds.save_as(path)
+    with pytest.raises(SeriesGeometryError, match="different PixelSpacing"):
+        read_dicom_series(folder)
+
+
 def test_folder_without_series(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError, match="no CT, MR or PET image series"):
         read_dicom_series(tmp_path)
@@ -479,3 +489,96 @@ def test_seg_mask_equals_rtstruct_mask(tmp_path: Path, ct, ct_mask) -> None:
     study = read_dicom_study(study_dir)
     assert study.segs and not study.rtstructs
     np.testing.assert_array_equal(read_study_mask(study, None).array, ct_mask.array)
+
+
+# --- multi-frame (enhanced) images ------------------------------------------------------------
+
+
+def _legacy_converted_ct(folder: Path, shuffle_frames: bool = False) -> Path:
+    """The real STS_001 CT as one Legacy Converted Enhanced CT instance (highdicom), in
+    ``folder``; with ``shuffle_frames`` its frames are stored out of anatomical order."""
+    import highdicom as hd
+
+    sources = [pydicom.dcmread(f) for f in sorted((CT / "image").glob("*.dcm"))]
+    if shuffle_frames:
+        rng = np.random.default_rng(0)
+        sources = [sources[i] for i in rng.permutation(len(sources))]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        sources,
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
+    folder.mkdir(parents=True)
+    path = folder / "enhanced-ct.dcm"
+    enhanced.save_as(path)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # highdicom on the STS headers
+def test_multi_frame_ct_reads_as_the_single_frame_series(tmp_path: Path, ct, ct_mask) -> None:
+    """Frames sorted by position (not storage order), geometry and HU from the functional
+    groups: the same volume as the 59 single-frame files, and the same RTSTRUCT mask."""
+    path = _legacy_converted_ct(tmp_path / "image", shuffle_frames=True)
+    enhanced = read_dicom_series(tmp_path / "image")
+    assert enhanced.volume.shape == ct.volume.shape
+    np.testing.assert_array_equal(enhanced.volume.array, ct.volume.array)
+    np.testing.assert_allclose(enhanced.volume.spacing_mm, ct.volume.spacing_mm, atol=1e-6)
+    np.testing.assert_allclose(enhanced.volume.origin_mm, ct.volume.origin_mm, atol=1e-6)
+    np.testing.assert_allclose(enhanced.volume.direction, ct.volume.direction, atol=1e-9)
+    assert (enhanced.info.modality, enhanced.info.units) == ("CT", "HU")
+    assert enhanced.info.frame_of_reference == ct.info.frame_of_reference
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    assert set(enhanced.sop_instance_uids) == {uid}
+    assert sorted(enhanced.frame_numbers) == list(range(1, 60))
+    assert enhanced.frame_numbers != tuple(range(1, 60))  # stored shuffled, read sorted
+    mask = read_rtstruct_mask(CT / "mask" / "RS.dcm", enhanced, ROI)
+    np.testing.assert_array_equal(mask.array, ct_mask.array)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_seg_on_a_multi_frame_ct_matches_frames(tmp_path: Path, ct_mask) -> None:
+    """A SEG made on the enhanced CT references its frames; read back onto that image it is
+    the RTSTRUCT mask; in a study folder it is found and read the same way."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from osteomics.radiology.radiomics.dicom import read_seg_mask
+
+    path = _legacy_converted_ct(tmp_path / "study" / "image", shuffle_frames=True)
+    enhanced = read_dicom_series(tmp_path / "study" / "image")
+    source = pydicom.dcmread(path)
+    # The SEG's pixel array is in the source's frame order (frame k = pixel_array[k - 1]).
+    in_frame_order = np.zeros_like(ct_mask.array)
+    for slice_index, frame in enumerate(enhanced.frame_numbers):
+        in_frame_order[frame - 1] = ct_mask.array[slice_index]
+    seg = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=in_frame_order.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label=ROI,
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Neoplasm,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+        ],
+        series_instance_uid=hd.UID(),
+        series_number=98,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="osteomics tests",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+    )
+    seg.save_as(tmp_path / "study" / "seg.dcm")
+    np.testing.assert_array_equal(
+        read_seg_mask(tmp_path / "study" / "seg.dcm", enhanced).array, ct_mask.array
+    )
+    study = read_dicom_study(tmp_path / "study")
+    assert study.segs and not study.rtstructs
+    np.testing.assert_array_equal(read_study_mask(study, ROI).array, ct_mask.array)
