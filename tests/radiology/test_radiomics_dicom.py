@@ -437,16 +437,11 @@ def test_cli_series_folder_with_rtstruct_and_roi_errors(tmp_path: Path) -> None:
 # --- DICOM SEG --------------------------------------------------------------------------------
 
 
-def _write_seg(ct, mask: Mask, path: Path, label: str = ROI) -> None:
-    """A binary DICOM SEG of ``mask`` on the real CT slices (highdicom)."""
+def _save_seg(sources: list, pixels: np.ndarray, path: Path, label: str = ROI) -> None:
+    """A binary DICOM SEG (highdicom) of ``pixels`` on ``sources``, one segment ``label``."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    by_uid = {}
-    for f in (CT / "image").glob("*.dcm"):
-        ds = pydicom.dcmread(f)
-        by_uid[str(ds.SOPInstanceUID)] = ds
-    sources = [by_uid[u] for u in ct.sop_instance_uids]
     description = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=label,
@@ -456,7 +451,7 @@ def _write_seg(ct, mask: Mask, path: Path, label: str = ROI) -> None:
     )
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=mask.array.astype(np.uint8),
+        pixel_array=pixels.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[description],
         series_instance_uid=hd.UID(),
@@ -469,6 +464,15 @@ def _write_seg(ct, mask: Mask, path: Path, label: str = ROI) -> None:
         device_serial_number="0",
     )
     seg.save_as(path)
+
+
+def _write_seg(ct, mask: Mask, path: Path, label: str = ROI) -> None:
+    """A binary DICOM SEG of ``mask`` on the real CT slices."""
+    by_uid = {}
+    for f in (CT / "image").glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        by_uid[str(ds.SOPInstanceUID)] = ds
+    _save_seg([by_uid[u] for u in ct.sop_instance_uids], mask.array, path, label)
 
 
 def test_seg_mask_equals_rtstruct_mask(tmp_path: Path, ct, ct_mask) -> None:
@@ -541,9 +545,6 @@ def test_multi_frame_ct_reads_as_the_single_frame_series(tmp_path: Path, ct, ct_
 def test_seg_on_a_multi_frame_ct_matches_frames(tmp_path: Path, ct_mask) -> None:
     """A SEG made on the enhanced CT references its frames; read back onto that image it is
     the RTSTRUCT mask; in a study folder it is found and read the same way."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
     from osteomics.radiology.radiomics.dicom import read_seg_mask
 
     path = _legacy_converted_ct(tmp_path / "study" / "image", shuffle_frames=True)
@@ -553,29 +554,7 @@ def test_seg_on_a_multi_frame_ct_matches_frames(tmp_path: Path, ct_mask) -> None
     in_frame_order = np.zeros_like(ct_mask.array)
     for slice_index, frame in enumerate(enhanced.frame_numbers):
         in_frame_order[frame - 1] = ct_mask.array[slice_index]
-    seg = hd.seg.Segmentation(
-        source_images=[source],
-        pixel_array=in_frame_order.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[
-            hd.seg.SegmentDescription(
-                segment_number=1,
-                segment_label=ROI,
-                segmented_property_category=codes.SCT.Tissue,
-                segmented_property_type=codes.SCT.Neoplasm,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-            )
-        ],
-        series_instance_uid=hd.UID(),
-        series_number=98,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="osteomics tests",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-    )
-    seg.save_as(tmp_path / "study" / "seg.dcm")
+    _save_seg([source], in_frame_order, tmp_path / "study" / "seg.dcm")
     np.testing.assert_array_equal(
         read_seg_mask(tmp_path / "study" / "seg.dcm", enhanced).array, ct_mask.array
     )
