@@ -11,7 +11,7 @@ The small public API lives here; the rooms are subpackages:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["OsteomicsError", "__version__"]
 

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from osteomics.core.files import write_text_atomic
 from osteomics.plugins import Plugin
-from osteomics.wsi.files import write_text_atomic
 from osteomics.wsi.necrosis import TISSUE_CLASSES
 
 if TYPE_CHECKING:

@@ -50,20 +50,20 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.tag import Tag
 
-from osteomics.radiology.errors import (
-    InconsistentDatasetError,
-    InvalidDatasetError,
-    InvalidUIDError,
-    StorageFullError,
-    StoreError,
-)
-from osteomics.radiology.files import (
+from osteomics.core.files import (
     NO_SPACE_ERRNOS,
     fsync_dir,
     fsync_file,
     is_temp_file,
     make_dirs_durable,
     write_temp,
+)
+from osteomics.radiology.errors import (
+    InconsistentDatasetError,
+    InvalidDatasetError,
+    InvalidUIDError,
+    StorageFullError,
+    StoreError,
 )
 from osteomics.radiology.part10 import IncompleteDatasetError, RawValue, scan_dataset
 from osteomics.radiology.uids import is_valid_uid, validate_uid

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from osteomics import OsteomicsError
+from osteomics.core.provenance import quick_fingerprint
 from osteomics.wsi.errors import SlideNotFoundError
-from osteomics.wsi.provenance import quick_fingerprint
 from osteomics.wsi.slide import Slide, open_slide
 from osteomics.wsi.sources import SlideSource
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from osteomics import OsteomicsError
 
+# The house's error, re-exported where the pathology room's errors are looked for.
+from osteomics.core.errors import OutputNotWritableError as OutputNotWritableError
+
 
 class WsiError(OsteomicsError):
     """Base of whole-slide errors."""
@@ -35,10 +38,6 @@ class ResolutionError(WsiError, ValueError):
 
 class NoTissueError(WsiError, ValueError):
     """Tissue detection found no tissue, or no tile reached the minimum tissue fraction."""
-
-
-class OutputNotWritableError(WsiError, PermissionError):
-    """The output folder cannot be created or written."""
 
 
 class UnknownBackendError(WsiError, ValueError):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from osteomics.core.provenance import sha256_file
 from osteomics.wsi.errors import (
     ModelCardError,
     ModelFileError,
@@ -23,7 +24,6 @@ from osteomics.wsi.errors import (
     WeightsChecksumError,
 )
 from osteomics.wsi.necrosis import LABEL_TO_CLASS, NECROTIC, VIABLE
-from osteomics.wsi.provenance import sha256_file
 from osteomics.wsi.stain import normalise, stain_concentrations
 
 if TYPE_CHECKING:

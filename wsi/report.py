@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from osteomics.wsi.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from osteomics.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 from osteomics.wsi.necrosis import NECROTIC, NON_TUMOUR, TISSUE_CLASSES, VIABLE
 
 if TYPE_CHECKING:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from osteomics import OsteomicsError
+from osteomics.core.files import ensure_writable
+from osteomics.core.provenance import input_records, software_versions, utc_now
 from osteomics.wsi.cluster import (
     TaskFailure,
     dask_client,
@@ -34,7 +36,6 @@ from osteomics.wsi.cluster import (
     worker_slide,
 )
 from osteomics.wsi.errors import WsiError
-from osteomics.wsi.files import ensure_writable
 from osteomics.wsi.grid import plan_slide
 from osteomics.wsi.necrosis import (
     TissueAreas,
@@ -44,7 +45,6 @@ from osteomics.wsi.necrosis import (
     responder,
     tile_areas,
 )
-from osteomics.wsi.provenance import file_records, software_versions, utc_now
 from osteomics.wsi.sources import IgnoredFile, SlideSource, find_slides
 from osteomics.wsi.tiling import ProgressCallback, SlideProgress, read_tiles
 
@@ -281,7 +281,7 @@ def _plan(source: SlideSource, params: NecrosisParameters, input_mpp: float, inp
 
 @explained_failures
 def _hash_inputs(source: SlideSource) -> list[dict[str, Any]]:
-    return file_records(source.files)
+    return input_records(source.files)
 
 
 @explained_failures

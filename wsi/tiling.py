@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from osteomics import OsteomicsError
+from osteomics.core.files import ensure_writable, write_json_atomic
+from osteomics.core.provenance import input_records, quick_fingerprint, software_versions, utc_now
 from osteomics.wsi.cluster import (
     TaskFailure,
     dask_client,
@@ -37,9 +39,7 @@ from osteomics.wsi.cluster import (
     worker_slide,
 )
 from osteomics.wsi.errors import OutputNotWritableError
-from osteomics.wsi.files import ensure_writable, write_json_atomic
 from osteomics.wsi.grid import TileGrid, plan_slide
-from osteomics.wsi.provenance import file_records, quick_fingerprint, software_versions, utc_now
 from osteomics.wsi.slide import Slide
 from osteomics.wsi.sources import IgnoredFile, SlideSource, find_slides
 from osteomics.wsi.tilestore import create_tile_array, write_tile_batch
@@ -241,7 +241,7 @@ def _write_extras(source: SlideSource, planned: _Planned, staging: str) -> list[
     Image.fromarray(planned.thumbnail).save(staging_dir / "thumbnail.png")
     Image.fromarray(planned.tissue_mask.astype(np.uint8) * 255).save(staging_dir / "tissue.png")
     planned.tile_table.to_parquet(staging_dir / "tiles.parquet", index=False)
-    return file_records(source.files)
+    return input_records(source.files)
 
 
 def _tile_table(grid: TileGrid) -> Any:

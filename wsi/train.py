@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from osteomics.core.provenance import sha256_file, software_versions, utc_now
 from osteomics.wsi.augment import AugmentParameters, augment_tile
 from osteomics.wsi.calibration import (
     calibrated_probabilities,
@@ -39,7 +40,6 @@ from osteomics.wsi.errors import TrainingDataError
 from osteomics.wsi.folds import Grouping, choose_grouping, grouped_folds
 from osteomics.wsi.labelled import LabelledTile, read_labelled_folder
 from osteomics.wsi.model import ModelCard, Preprocessing, predict_logits, preprocess_tiles
-from osteomics.wsi.provenance import sha256_file, software_versions, utc_now
 from osteomics.wsi.stain import StainEstimate, estimate_stains, hed_jitter, macenko_normalise
 from osteomics.wsi.stain import reinhard_normalise as reinhard
 from osteomics.wsi.subtiles import grid_subtiles, read_rgb, resample_to_mpp, tissue_fraction

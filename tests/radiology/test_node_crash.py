@@ -17,8 +17,8 @@ import pydicom
 import pytest
 from test_node_dcmtk import NODE_AE, sop_uid
 
+from osteomics.core.files import is_temp_file
 from osteomics.radiology.config import NodeConfig
-from osteomics.radiology.files import is_temp_file
 from osteomics.radiology.store import INDEX_NAME, QUARANTINE_NAME
 
 PATIENTS = ("STS_001", "STS_002", "STS_003", "STS_004")

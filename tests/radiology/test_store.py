@@ -14,8 +14,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from osteomics.core.files import is_temp_file
 from osteomics.radiology.errors import InvalidDatasetError, StorageFullError
-from osteomics.radiology.files import is_temp_file
 from osteomics.radiology.store import INDEX_NAME, QUARANTINE_NAME, DicomStore
 
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from osteomics.core.provenance import sha256_file
 from osteomics.wsi.labelled import LabelledTile
 from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_layout
 from osteomics.wsi.necrosis import huvos_grade, responder
-from osteomics.wsi.provenance import sha256_file
 from osteomics.wsi.scoring import (
     CasesFileError,
     NecrosisParameters,

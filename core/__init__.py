@@ -1,0 +1,9 @@
+"""The ground floor: what every room needs and no room owns.
+
+- :mod:`osteomics.core.files`: durable, atomic file writes (temporary file, fsync, rename,
+  fsync of the folder) and the writable-folder check.
+- :mod:`osteomics.core.provenance`: one provenance record, one JSON shape, for every command.
+- :mod:`osteomics.core.errors`: errors that are not any one room's.
+
+Rooms (``wsi``, ``radiology``, ``fusion``) import from here; this package imports no room.
+"""
