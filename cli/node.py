@@ -63,7 +63,7 @@ def status_command(
 ) -> None:
     """Counts of patients, studies, series, instances and jobs (by state) in the store."""
     cfg = _config(config)
-    with open_store(cfg.storage, recover=False) as store:
+    with open_store(cfg.storage, mode="read") as store:  # never creates a store
         status = store.status()
     if as_json:
         typer.echo(json.dumps(status.to_dict(), indent=2))
@@ -82,7 +82,7 @@ def ls_command(
 ) -> None:
     """Studies in the store: patient ID, date, modalities, series and instance counts."""
     cfg = _config(config)
-    with open_store(cfg.storage, recover=False) as store:
+    with open_store(cfg.storage, mode="read") as store:  # never creates a store
         studies = store.studies()
     if as_json:
         typer.echo(json.dumps([s.to_dict() for s in studies], indent=2))

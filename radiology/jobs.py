@@ -25,6 +25,9 @@ Duplicates of instances already stored do not count as new.
 
 States: ``queued`` -> ``running`` -> ``done`` | ``failed`` (or back to ``queued`` on a retried
 failure or an expired lease). Timestamps are epoch seconds.
+
+This module owns the ``jobs`` table: its schema and its migrations (:func:`ensure_jobs_schema`,
+run whenever a queue is opened); :mod:`osteomics.radiology.store` owns the tables of instances.
 """
 
 from __future__ import annotations
@@ -55,6 +58,45 @@ JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed")
 DEFAULT_LEASE_SECONDS = 600.0
 #: Claims after which a job whose lease expires (or that failed) is given up as ``failed``.
 DEFAULT_MAX_ATTEMPTS = 5
+
+_JOBS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT NOT NULL,              -- e.g. 'study_complete'
+    study_uid       TEXT,
+    state           TEXT NOT NULL,              -- 'queued', 'running', 'done', 'failed'
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    created         REAL NOT NULL,
+    updated         REAL NOT NULL,
+    error           TEXT,
+    study_received  REAL,                       -- the study's last_received the job covers
+    lease_until     REAL,                       -- a running job is re-queued after this
+    claim_token     TEXT                        -- who holds a running job
+);
+"""
+
+#: Columns added to ``jobs`` in index version 2 (added to a version-1 index when opened).
+_JOBS_V2_COLUMNS = {"study_received": "REAL", "lease_until": "REAL", "claim_token": "TEXT"}
+
+_JOBS_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, kind);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
+"""
+
+
+def ensure_jobs_schema(db: sqlite3.Connection) -> None:
+    """Create the ``jobs`` table in an open index, or bring an older one up to date.
+
+    Version 1 indexes (osteomics 0.1) lack the lease columns; they are added (``ALTER TABLE``,
+    existing rows keep ``NULL``). Idempotent.
+    """
+    db.executescript(_JOBS_SCHEMA)
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    for column, kind in _JOBS_V2_COLUMNS.items():
+        if column not in have:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    db.executescript(_JOBS_INDEXES)
+
 
 _COLUMNS = (
     "id, kind, study_uid, state, attempts, created, updated, error, study_received,"
@@ -136,6 +178,11 @@ class JobQueue:
         self._lock = threading.Lock()
         try:
             self._db = open_index(self.root)
+            try:
+                ensure_jobs_schema(self._db)
+            except BaseException:
+                self._db.close()
+                raise
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(
                 f"cannot open the job queue in {self.root} ({exc}); check the folder exists "
@@ -437,4 +484,5 @@ __all__ = [
     "JobQueue",
     "JobState",
     "QuietStudyScheduler",
+    "ensure_jobs_schema",
 ]

@@ -2,10 +2,27 @@
 
 Layout under the storage root (every path component is a validated UID)::
 
-    root/index.sqlite                      the index (WAL mode), tables patients, studies,
-                                           series, instances, jobs
+    root/index.sqlite                      the index (WAL mode): tables patients, studies,
+                                           series, instances (this module), jobs
+                                           (:mod:`osteomics.radiology.jobs` owns that one)
+    root/store.lock                        the writers' lock: who holds the store (JSON)
     root/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm
+    root/results/<kind>/<StudyUID>/        what jobs derived from a study (e.g. ``radiomics``)
     root/.quarantine/                      files recover() found but could not index
+
+This class is the one door into that layout: :meth:`DicomStore.study_folder` and
+:meth:`DicomStore.result_folder` give the paths, nothing else composes them. Results live
+outside the DICOM tree, so :meth:`DicomStore.recover` never mistakes them for instances (a
+``root/radiomics/`` folder of osteomics <= 0.2 is moved to ``root/results/radiomics/`` when a
+writer opens the store).
+
+One writer per store: a writer (``mode="write"``: the node, an import, :meth:`recover`) holds an
+exclusive ``flock`` on ``root/store.lock`` for its lifetime and writes its pid, host and command
+there, so a second writer is refused with :class:`StoreLockedError` naming the holder (two
+writers would delete each other's files in :meth:`recover`). Readers (``mode="read"``: ``node
+status``, ``node ls``, ``radiomics store:<UID>``) take no lock and work while a node serves (the
+index is in WAL mode); they never create a store: a missing one raises
+:class:`StoreNotFoundError`.
 
 The rule the node relies on: :meth:`DicomStore.store` returns only after the file is on disk
 (temporary file, rename into place, fsync of the file, fsync of the folder) *and* its index row
@@ -28,12 +45,17 @@ duplicates idempotent.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
+import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -72,7 +94,31 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.sqlite"
 QUARANTINE_NAME = ".quarantine"
+#: The writers' lock file in the storage root.
+LOCK_NAME = "store.lock"
+#: Folder under the storage root holding results derived from studies, one folder per kind.
+RESULTS_NAME = "results"
+#: Where osteomics <= 0.2 wrote radiomics tables (inside the DICOM tree); moved when opened.
+_LEGACY_RADIOMICS_NAME = "radiomics"
+#: Version of the index as a whole (``PRAGMA user_version``): 2 added the jobs lease columns
+#: (migrated by :func:`osteomics.radiology.jobs.ensure_jobs_schema`).
 SCHEMA_VERSION = 2
+
+#: Folders of the root that are the store's own, not studies (recover() leaves them alone).
+_OWN_FOLDERS = frozenset((QUARANTINE_NAME, RESULTS_NAME))
+
+_RESULT_KIND = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+StoreMode = Literal["write", "read"]
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """A store opened for reading that is not there (no index in the folder)."""
+
+
+class StoreLockedError(StoreError):
+    """A second writer (node, import, recovery) on a store another process writes to."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -104,27 +150,6 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
 CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
-CREATE TABLE IF NOT EXISTS jobs (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind            TEXT NOT NULL,              -- e.g. 'study_complete'
-    study_uid       TEXT,
-    state           TEXT NOT NULL,              -- 'queued', 'running', 'done', 'failed'
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    created         REAL NOT NULL,
-    updated         REAL NOT NULL,
-    error           TEXT,
-    study_received  REAL,                       -- the study's last_received the job covers
-    lease_until     REAL,                       -- a running job is re-queued after this
-    claim_token     TEXT                        -- who holds a running job
-);
-"""
-
-#: Columns added to ``jobs`` in schema version 2 (added to a version-1 index when opened).
-_JOBS_V2_COLUMNS = {"study_received": "REAL", "lease_until": "REAL", "claim_token": "TEXT"}
-
-_INDEXES = """
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, kind);
-CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid);
 """
 
 #: The attributes the index needs; parsing stops after these (never the pixel data).
@@ -417,12 +442,18 @@ def _int_or_none(text: str) -> int | None:
         return None
 
 
-def open_index(root: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> sqlite3.Connection:
+def open_index(
+    root: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL", *, create: bool = True
+) -> sqlite3.Connection:
     """Open (creating or upgrading) the SQLite index of the store at ``root``.
 
     WAL mode, foreign keys on, autocommit (callers use explicit ``BEGIN IMMEDIATE``
     transactions). Safe to call from several threads or processes on the same root: SQLite
-    serialises the writers.
+    serialises the writers. This creates the tables of this module (patients, studies, series,
+    instances); :mod:`osteomics.radiology.jobs` adds its own on the connection it opens.
+
+    ``create=False`` opens an existing index only (no folder, file or table is created, no
+    migration runs): for readers.
 
     ``synchronous``: ``FULL`` makes each commit durable before it returns (the job queue);
     ``NORMAL`` (in WAL mode) makes it atomic and durable against a crash of the process, but a
@@ -435,21 +466,27 @@ def open_index(root: Path, synchronous: Literal["FULL", "NORMAL"] = "FULL") -> s
         The folder or the database cannot be opened; :class:`DicomStore` turns them into
         :class:`~osteomics.radiology.errors.StoreError`.
     """
-    root.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(
-        root / INDEX_NAME, check_same_thread=False, isolation_level=None, timeout=30
-    )
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(
+            root / INDEX_NAME, check_same_thread=False, isolation_level=None, timeout=30
+        )
+    else:
+        db = sqlite3.connect(
+            f"{(root / INDEX_NAME).absolute().as_uri()}?mode=rw",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=30,
+        )
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(_SCHEMA)
-        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in _JOBS_V2_COLUMNS.items():
-            if column not in have:
-                db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-        db.executescript(_INDEXES)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if create:
+            db.executescript(_SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         db.close()
         raise
@@ -465,31 +502,136 @@ def _is_no_space(exc: BaseException) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a store's writers' lock, as it wrote into ``store.lock``.
+
+    Attributes
+    ----------
+    pid, host:
+        Process id and host name of the holder.
+    command:
+        Its command line (paths and options; the store never logs patient identifiers).
+    since:
+        When it took the lock (ISO 8601, UTC).
+    """
+
+    pid: int | None
+    host: str
+    command: str
+    since: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} ({self.command!r}, since {self.since})"
+
+
+def lock_holder(root: Path) -> LockHolder | None:
+    """The holder recorded in ``root/store.lock`` (``None`` when nothing readable is there).
+
+    The record is informative; the lock itself is the ``flock`` (a record left by a process
+    that died holds nothing).
+    """
+    try:
+        data = json.loads((Path(root) / LOCK_NAME).read_text(encoding="utf-8"))
+        return LockHolder(
+            pid=int(data["pid"]) if data.get("pid") is not None else None,
+            host=str(data.get("host", "?")),
+            command=str(data.get("command", "?")),
+            since=str(data.get("since", "?")),
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _take_writer_lock(root: Path) -> int:
+    """Take the exclusive ``flock`` on ``root/store.lock`` and record this process in it.
+
+    Returns the open file descriptor (the lock lasts until it is closed, or the process ends).
+
+    Raises
+    ------
+    StoreLockedError
+        Another open writer (in this or another process) holds it.
+    """
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = lock_holder(root)
+        who = holder.describe() if holder else "another process (it left no record)"
+        raise StoreLockedError(
+            f"the study store at {root} is in use by {who}; only one writer (node serve, "
+            "import, recovery) may open a store: stop that one first, or use `osteomics node "
+            "status`/`node ls`, which read while it serves"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    record = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join(sys.argv)[:500] or sys.executable,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+    except OSError as exc:  # a full disk: the lock holds, only the record is missing
+        log.warning("cannot record the lock holder in %s (%s)", root / LOCK_NAME, exc)
+    return fd
+
+
 class DicomStore:
     """The store under one storage root; see the module docstring for the layout and rules.
 
     Parameters
     ----------
     root:
-        Storage folder; created if missing.
+        Storage folder.
+    mode:
+        ``"write"`` (default): create the store if missing and hold its writers' lock until
+        :meth:`close`. ``"read"``: the store must exist; no lock, nothing is created, and
+        :meth:`store`, :meth:`store_file` and :meth:`recover` are refused (for ``node
+        status``/``ls`` and readers while a node serves).
 
     Raises
     ------
+    StoreNotFoundError
+        ``mode="read"`` and there is no store (no index) at ``root``.
+    StoreLockedError
+        ``mode="write"`` and another writer holds the store (the message names it).
     StoreError
         When the folder or its index cannot be created or opened.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, mode: StoreMode = "write") -> None:
+        if mode not in ("write", "read"):
+            raise ValueError(f"mode must be 'write' or 'read', not {mode!r}")
         self.root = Path(root)
+        self.mode: StoreMode = mode
         self._lock = threading.Lock()
         self._in_flight: dict[str, threading.Event] = {}
         #: Series UID -> study UID of indexed series (their patient and series rows exist);
         #: saves two queries and two inserts per instance. Cleared when rows are deleted.
         self._series_study: dict[str, str] = {}
-        self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-fsync")
+        self._lock_fd: int | None = None
+        if mode == "read" and not (self.root / INDEX_NAME).is_file():
+            raise StoreNotFoundError(
+                f"no study store at {self.root} (no {INDEX_NAME} there); check the path "
+                "([node] storage in node.toml, relative to that file). `osteomics node serve` "
+                "creates the store; reading never does"
+            )
         try:
-            self._db = open_index(self.root, synchronous="NORMAL")
+            if mode == "write":
+                self.root.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = _take_writer_lock(self.root)
+            self._db = open_index(self.root, synchronous="NORMAL", create=mode == "write")
+        except StoreError:
+            self._release_lock()
+            raise
         except (OSError, sqlite3.Error) as exc:
+            self._release_lock()
             if _is_no_space(exc):
                 raise StorageFullError(
                     f"storage root {self.root} is full; free space there and start again"
@@ -498,14 +640,30 @@ class DicomStore:
                 f"cannot open the study store at {self.root} ({exc}); check the folder exists "
                 "and is writable, or point [node] storage elsewhere"
             ) from exc
+        self._syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-fsync")
+        if mode == "write":
+            self._move_legacy_results()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the index (files are always durable already)."""
+        """Close the index (files are always durable already) and release the lock."""
         self._syncer.shutdown(wait=True)
         with self._lock:
             self._db.close()
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _require_writer(self, what: str) -> None:
+        if self.mode != "write":
+            raise StoreError(
+                f"{what}: the study store at {self.root} was opened for reading; open it with "
+                "mode='write' (only one writer at a time)"
+            )
 
     def __enter__(self) -> DicomStore:
         return self
@@ -513,7 +671,7 @@ class DicomStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- paths -----------------------------------------------------------------------------
+    # -- paths (the one door into the layout) ---------------------------------------------
 
     def relative_path(self, attrs: InstanceAttributes) -> Path:
         """``<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm`` (all three already validated)."""
@@ -522,6 +680,64 @@ class DicomStore:
             / validate_uid(attrs.series_uid)
             / f"{validate_uid(attrs.sop_instance_uid)}.dcm"
         )
+
+    def study_folder(self, study_uid: str) -> Path:
+        """The folder holding the files of study ``study_uid`` (one sub-folder per series).
+
+        Only DICOM instances lie under it. It may not exist (no instance stored yet); check
+        :meth:`study` for whether the store holds the study.
+
+        Raises
+        ------
+        InvalidUIDError
+            ``study_uid`` is not a valid UID.
+        """
+        return self.root / validate_uid(study_uid, "Study Instance UID")
+
+    def result_folder(self, kind: str, study_uid: str) -> Path:
+        """``<root>/results/<kind>/<StudyUID>/``: where results of ``kind`` (e.g.
+        ``radiomics``) derived from a study are written; not created here.
+
+        Raises
+        ------
+        InvalidUIDError
+            ``study_uid`` is not a valid UID.
+        ValueError
+            ``kind`` is not a lower-case name (letters, digits, ``_``, ``-``).
+        """
+        if not _RESULT_KIND.fullmatch(kind):
+            raise ValueError(f"result kind {kind!r}: use a lower-case name such as 'radiomics'")
+        return self.root / RESULTS_NAME / kind / validate_uid(study_uid, "Study Instance UID")
+
+    def _move_legacy_results(self) -> None:
+        """Move ``root/radiomics/<UID>.parquet|.provenance.json`` (osteomics <= 0.2) to
+        :meth:`result_folder`; the legacy folder is removed once empty."""
+        legacy = self.root / _LEGACY_RADIOMICS_NAME
+        if not legacy.is_dir():
+            return
+        suffixes = {".parquet": "features.parquet", ".provenance.json": "features.provenance.json"}
+        for entry in sorted(legacy.iterdir()):
+            for suffix, name in suffixes.items():
+                uid = entry.name.removesuffix(suffix)
+                if entry.name.endswith(suffix) and is_valid_uid(uid):
+                    target = self.result_folder("radiomics", uid) / name
+                    if not target.exists():
+                        make_dirs_durable(target.parent, self.root)
+                        os.replace(entry, target)
+                        fsync_dir(target.parent)
+                    break
+        with contextlib.suppress(OSError):
+            legacy.rmdir()  # only when every file was moved
+            fsync_dir(self.root)
+        if legacy.exists():
+            log.warning(
+                "%s holds files osteomics did not write there; radiomics results now live in "
+                "%s; move or remove that folder",
+                legacy,
+                self.root / RESULTS_NAME / "radiomics",
+            )
+        else:
+            log.info("moved radiomics results from %s to %s", legacy, self.root / RESULTS_NAME)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -555,6 +771,7 @@ class DicomStore:
         StoreError
             Any other I/O failure, with nothing half-written left behind.
         """
+        self._require_writer("store")
         attrs = attributes if attributes is not None else read_attributes(data, source)
         rel = self.relative_path(attrs)
         path = self.root / rel
@@ -759,7 +976,15 @@ class DicomStore:
                 self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
                 for table in ("patients", "studies", "series", "instances")
             ]
-            jobs = dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+            # The jobs table is jobs.py's (absent until a queue was opened); only counted here.
+            has_jobs = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+            ).fetchone()
+            jobs = (
+                dict(self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+                if has_jobs
+                else {}
+            )
         patients, studies, series, instances = counts
         return StoreStatus(patients, studies, series, instances, jobs=jobs)
 
@@ -809,8 +1034,10 @@ class DicomStore:
           checking that their UIDs match where they lie; files that cannot be indexed are moved
           to ``root/.quarantine/`` and logged, never deleted.
 
-        Not to be run while the node is receiving.
+        Needs the store opened for writing (the writers' lock keeps a serving node and a
+        recovery apart).
         """
+        self._require_writer("recover")
         temp_removed = 0
         candidates: list[Path] = []
         for study_dir in self._subdirs(self.root):
@@ -855,7 +1082,7 @@ class DicomStore:
     def _subdirs(self, folder: Path) -> list[Path]:
         out = []
         for entry in sorted(folder.iterdir()):
-            if not entry.is_dir() or entry.name == QUARANTINE_NAME:
+            if not entry.is_dir() or (folder == self.root and entry.name in _OWN_FOLDERS):
                 continue
             if not is_valid_uid(entry.name):
                 log.warning("ignoring %s: not a folder the store made", entry)
@@ -917,11 +1144,18 @@ class DicomStore:
 
 
 @contextmanager
-def open_store(root: Path, recover: bool = True) -> Iterator[DicomStore]:
-    """Open the store at ``root`` (recovering it first unless told not to) and close it after."""
-    store = DicomStore(root)
+def open_store(
+    root: Path, recover: bool | None = None, *, mode: StoreMode = "write"
+) -> Iterator[DicomStore]:
+    """Open the store at ``root`` and close it after.
+
+    ``mode="write"`` creates a missing store, holds the writers' lock and recovers it first
+    (unless ``recover=False``); ``mode="read"`` needs an existing store
+    (:class:`StoreNotFoundError` otherwise) and never recovers. See :class:`DicomStore`.
+    """
+    store = DicomStore(root, mode=mode)
     try:
-        if recover:
+        if recover if recover is not None else mode == "write":
             store.recover()
         yield store
     finally:
@@ -932,7 +1166,10 @@ __all__ = [
     "DicomStore",
     "InstanceAttributes",
     "InstanceRecord",
+    "LockHolder",
     "RecoveryReport",
+    "StoreLockedError",
+    "StoreNotFoundError",
     "StoreResult",
     "StoreStatus",
     "StudySummary",

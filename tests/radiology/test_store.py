@@ -8,6 +8,7 @@ import logging
 import shutil
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,17 @@ import pydicom
 import pytest
 
 from osteomics.core.files import is_temp_file
-from osteomics.radiology.errors import InvalidDatasetError, StorageFullError
-from osteomics.radiology.store import INDEX_NAME, QUARANTINE_NAME, DicomStore
+from osteomics.radiology.errors import InvalidDatasetError, StorageFullError, StoreError
+from osteomics.radiology.store import (
+    INDEX_NAME,
+    LOCK_NAME,
+    QUARANTINE_NAME,
+    DicomStore,
+    StoreLockedError,
+    StoreNotFoundError,
+    lock_holder,
+    open_store,
+)
 
 
 def _check_consistent(store: DicomStore) -> None:
@@ -110,7 +120,8 @@ def test_invalid_sop_instance_uid_is_refused_and_nothing_written(
     ds.save_as(bad)
     with pytest.raises(InvalidDatasetError, match="SOP Instance UID"):
         store.store_file(bad)
-    assert sorted(p.name for p in store.root.iterdir() if not p.name.startswith(INDEX_NAME)) == []
+    left = [p.name for p in store.root.iterdir() if not p.name.startswith(INDEX_NAME)]
+    assert left == [LOCK_NAME]
     assert store.status().instances == 0
 
 
@@ -222,3 +233,119 @@ def test_concurrent_writers_of_one_uid_keep_exactly_the_first_copy(
         _check_consistent(store)
         stored[0].record.path.unlink()  # start the next round from nothing
         store.recover()
+
+
+# --- one writer per store, readers never create (bugs 3 and 6 of issue 9) -------------------
+
+_HOLDER = """
+import sys
+from pathlib import Path
+from osteomics.radiology.store import DicomStore
+store = DicomStore(Path(sys.argv[1]))
+print("holding", flush=True)
+sys.stdin.readline()  # hold the store until the test closes our stdin
+store.close()
+"""
+
+
+def test_a_second_writer_process_is_refused_with_the_holder_named_while_readers_read(
+    tmp_path: Path, sts001_ct: list[Path]
+) -> None:
+    """Bug 6: two processes on one store could delete each other's files (recover() while a
+    node serves). A writer holds an exclusive lock on the root; a second writer (another
+    process, or recover()) is refused with the holder's pid and command; readers still read."""
+    root = tmp_path / "store"
+    with DicomStore(root) as store:
+        store.store_file(sts001_ct[0])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "holding"
+        recorded = lock_holder(root)
+        assert recorded is not None and recorded.pid == holder.pid
+        with pytest.raises(StoreLockedError, match=rf"pid {holder.pid} on .*-c") as refused:
+            DicomStore(root)
+        assert "stop that one first" in str(refused.value)
+        with pytest.raises(StoreLockedError), open_store(root):  # recover() while serving
+            pass
+        # a third process (a second node) is refused the same way, and says so on stderr
+        second = subprocess.run(
+            [sys.executable, "-c", _HOLDER, str(root)],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0 and f"pid {holder.pid}" in second.stderr
+        # readers work while the writer holds the store (WAL), and see what it committed
+        with open_store(root, mode="read") as reader:
+            assert reader.status().instances == 1
+            with pytest.raises(StoreError, match="opened for reading"):
+                reader.recover()
+        holder.stdin.close()  # the holder closes the store: the lock is free again
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(timeout=10)
+    with DicomStore(root) as store:
+        assert not store.recover().repaired
+
+
+def test_the_lock_of_a_killed_writer_is_free(tmp_path: Path) -> None:
+    """A writer that dies (SIGKILL) leaves its record but not its lock: the next writer opens."""
+    root = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"holding"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with DicomStore(root) as store:
+        recorded = lock_holder(store.root)
+        assert recorded is not None and recorded.pid != holder.pid
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "osteomics.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_node_status_and_ls_with_a_mistyped_storage_say_so_and_create_nothing(
+    tmp_path: Path,
+) -> None:
+    """Bug 3: `node status/ls --config` with a mistyped [node] storage created an empty store."""
+    toml = tmp_path / "node.toml"
+    toml.write_text('[node]\nae_title = "OSTEOMICS"\nport = 11112\nstorage = "stroe"\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command in ("status", "ls"):
+        done = _cli("node", command, "--config", str(toml))
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert f"no study store at {tmp_path / 'stroe'}" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing was created
+    with pytest.raises(StoreNotFoundError, match="reading never does"):
+        DicomStore(tmp_path / "stroe", mode="read")
+    assert not (tmp_path / "stroe").exists()
+
+
+def test_node_status_reads_an_existing_store(tmp_path: Path, sts001_ct: list[Path]) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text('[node]\nae_title = "OSTEOMICS"\nport = 11112\nstorage = "store"\n')
+    with DicomStore(tmp_path / "store") as store:  # stays open: status reads beside a writer
+        for path in sts001_ct[:3]:
+            store.store_file(path)
+        done = _cli("node", "status", "--config", str(toml), "--json")
+    assert done.returncode == 0, done.stderr
+    assert '"instances": 3' in done.stdout
