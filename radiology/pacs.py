@@ -238,7 +238,7 @@ def pull(
         )
         moves.append((match, outcome))
     studies = []
-    with DicomStore(config.storage) as store:
+    with DicomStore(config.storage, mode="read") as store:  # the serving node holds the lock
         for match, outcome in moves:
             summary = store.study(match.study_uid)
             studies.append(
