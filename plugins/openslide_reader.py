@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from osteomics.plugins import Plugin
+from osteomics.core.plugins import Plugin
 from osteomics.plugins.tiff_tiles import DirectTileDecoder, direct_decoding_enabled
 from osteomics.wsi.slide import RawSlideMetadata, Slide, rgba_to_rgb
 from osteomics.wsi.sources import SlideSource

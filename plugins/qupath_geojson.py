@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from osteomics.core.files import write_text_atomic
-from osteomics.plugins import Plugin
+from osteomics.core.plugins import Plugin
 from osteomics.wsi.necrosis import TISSUE_CLASSES
 
 if TYPE_CHECKING:

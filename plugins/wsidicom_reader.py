@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from osteomics.plugins import Plugin
+from osteomics.core.plugins import Plugin
 from osteomics.wsi.slide import RawSlideMetadata, Slide
 from osteomics.wsi.sources import SlideSource
 

@@ -20,7 +20,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from osteomics.plugins import discover_plugins
+from osteomics.core.plugins import discover_plugins
 from osteomics.radiology.config import NodeConfig, RemoteNode
 from osteomics.radiology.errors import AssociationFailedError, NodeConfigError
 from osteomics.radiology.store import DicomStore

@@ -95,7 +95,7 @@ def heatmap_png(tiles: SlideTiles, alpha: float = 0.45) -> bytes:
 
 def write_necrosis_outputs(run: NecrosisRun, out_dir: Path) -> None:
     """Write every output of a necrosis run into ``out_dir`` (atomically, file by file)."""
-    from osteomics.plugins import discover_plugins
+    from osteomics.core.plugins import discover_plugins
 
     slides_dir = out_dir / "slides"
     slides_dir.mkdir(exist_ok=True)

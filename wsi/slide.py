@@ -366,7 +366,7 @@ def _make_info(
 
 def reader_classes() -> dict[str, type[Slide]]:
     """Installed slide readers by name, in the order ``auto`` tries them."""
-    from osteomics.plugins import discover_plugins
+    from osteomics.core.plugins import discover_plugins
 
     plugins, _failures = discover_plugins("slide_reader")
     readers = {p.name: p.factory for p in plugins}
