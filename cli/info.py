@@ -1,13 +1,44 @@
-"""``osteomics info SLIDE``: what is in a slide file."""
+"""``osteomics info SLIDE``: what is in a slide file, and whether its pixels decode."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from osteomics.wsi.slide import open_slide
+from osteomics.wsi.errors import SlideReadError
+from osteomics.wsi.slide import Slide, open_slide
+
+CHECK_PX = 256
+"""Side of the tile read from the centre of each level to check that its pixels decode."""
+
+
+def check_levels(slide: Slide) -> list[str | None]:
+    """Read one tile from the centre of every level; per level, ``None`` or why it failed.
+
+    Parameters
+    ----------
+    slide:
+        An open slide.
+
+    Returns
+    -------
+    list of str or None
+        One entry per level: ``None`` when the tile decoded, else the reader's message.
+    """
+    results: list[str | None] = []
+    for level in slide.info.levels:
+        w, h = min(CHECK_PX, level.width_px), min(CHECK_PX, level.height_px)
+        x = round((level.width_px - w) / 2 * level.downsample)
+        y = round((level.height_px - h) / 2 * level.downsample)
+        try:
+            slide.read_region((x, y), level.index, (w, h))
+            results.append(None)
+        except SlideReadError as exc:
+            results.append(str(exc))
+    return results
 
 
 def info(
@@ -18,17 +49,38 @@ def info(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
-    """Vendor, reader, levels, dimensions, downsamples, µm/px, objective, associated images."""
+    """Vendor, reader, levels, dimensions, downsamples, µm/px, objective, associated images.
+
+    One tile from the centre of every level is decoded, to check the pixel data: a slide whose
+    tiles do not decode (a damaged or truncated file) is reported, with exit code 1.
+    """
     with open_slide(slide, backend, mpp_override) as opened:
         description = opened.info.to_dict()
+        errors = check_levels(opened)
+    for level, error in zip(description["levels"], errors, strict=True):
+        level["decodes"] = error is None
+    description["decodes"] = all(error is None for error in errors)
+    failed = [(i, e) for i, e in enumerate(errors) if e is not None]
     if as_json:
         typer.echo(json.dumps(description, indent=2))
-        return
+    else:
+        _print(description)
+    if failed:
+        more = f" (levels {', '.join(str(i) for i, _ in failed)} do not decode)"
+        typer.secho(
+            f"error: {failed[0][1]}{more if len(failed) > 1 else ''}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _print(description: dict[str, object]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    d = description
+    d: Any = description
     mpp = (
         f"{d['mpp_x']:.4f} x {d['mpp_y']:.4f} µm/px ({d['mpp_source']})"
         if d["mpp_x"]
@@ -40,7 +92,7 @@ def info(
     power = d["objective_power"]
     console.print(f"  objective: {f'{power:g}x' if power else 'unknown'}")
     console.print(f"  associated images: {', '.join(d['associated_images']) or 'none'}")
-    table = Table("level", "width px", "height px", "downsample", "µm/px")
+    table = Table("level", "width px", "height px", "downsample", "µm/px", "pixels")
     for lv in d["levels"]:
         table.add_row(
             str(lv["index"]),
@@ -48,5 +100,6 @@ def info(
             str(lv["height_px"]),
             f"{lv['downsample']:.3f}",
             f"{lv['mpp']:.4f}" if lv["mpp"] else "-",
+            "ok" if lv["decodes"] else "[red]damaged[/red]",
         )
     console.print(table)

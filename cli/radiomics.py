@@ -19,6 +19,7 @@ from osteomics.radiology.radiomics import (
     load_config,
     read_nifti_mask,
     read_nifti_volume,
+    shipped_configs,
 )
 from osteomics.radiology.radiomics.dicom import (
     dicom_modality,
@@ -153,7 +154,12 @@ def radiomics(
     modality: str | None = typer.Option(
         None, "--modality", help="CT, MR or PT: the image series of a study folder holding several."
     ),
-    config: str = typer.Option(..., "--config", help="Shipped configuration name or a .toml file."),
+    config: str = typer.Option(
+        ...,
+        "--config",
+        metavar="NAME|FILE",
+        help=f"A shipped configuration ({', '.join(shipped_configs())}) or a .toml file.",
+    ),
     out: Path = typer.Option(..., "--out", help="Output table: .csv or .parquet."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
     node_config: Path | None = typer.Option(

@@ -34,6 +34,7 @@ INFO_KEYS = {
     "level_count",
     "levels",
     "associated_images",
+    "decodes",
 }
 
 
@@ -88,8 +89,10 @@ def test_info_json(cmu_svs: Path) -> None:
             "height_px": 2967,
             "downsample": 1.0,
             "mpp": info["mpp_x"],
+            "decodes": True,
         }
     ]
+    assert info["decodes"] is True
     assert info["associated_images"] == ["label", "macro", "thumbnail"]
 
 
@@ -130,6 +133,38 @@ def test_info_errors_are_one_line(fixtures_dir: Path, args: list[str], phrase: s
     assert phrase in line
     assert args[0] in line or "bioformats" in line
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_info_says_when_tiles_do_not_decode(fixtures_dir: Path, as_json: bool) -> None:
+    """`unreadable.svs` opens (its header is fine) but its JPEG tile data is corrupt: info used
+    to list it as a healthy slide."""
+    slide = fixtures_dir / "unreadable.svs"
+    done = run_cli("info", slide, *(["--json"] if as_json else []))
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert line.startswith(f"error: {slide}: cannot decode pixel data at level 0")
+    if as_json:
+        info = json.loads(done.stdout)
+        assert info["decodes"] is False and info["levels"][0]["decodes"] is False
+    else:
+        assert "damaged" in done.stdout
+
+
+def test_info_on_a_slide_with_damaged_tile_data(cmu_svs: Path, tmp_path: Path) -> None:
+    """A real scan whose tile data was overwritten (a partial copy): metadata fine, pixels not."""
+    data = bytearray(cmu_svs.read_bytes())
+    data[20_000:1_200_000] = bytes(1_180_000)  # tile data, after the first IFD's header
+    damaged = tmp_path / "damaged.svs"
+    damaged.write_bytes(bytes(data))
+    done = run_cli("info", damaged, "--json")
+    assert done.returncode == 1
+    info = json.loads(done.stdout)
+    assert (info["width_px"], info["height_px"]) == (2220, 2967)  # the header still reads
+    assert info["levels"][0]["decodes"] is False
+    assert "damaged or truncated" in one_error_line(done.stderr)
+    healthy = run_cli("info", cmu_svs)
+    assert healthy.returncode == 0 and "damaged" not in healthy.stdout
 
 
 # -- tile ---------------------------------------------------------------------------------
@@ -179,8 +214,10 @@ def test_plugins_lists_the_three_readers() -> None:
     )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    assert rows[0] == ["KIND", "NAME", "FROM", "DESCRIPTION"]
     readers = [row[1] for row in rows if row[0] == "slide_reader"]
     assert readers == ["openslide", "tiffslide", "wsidicom"]  # the order auto tries them
+    assert all(row[2:4] == ["osteomics", osteomics.__version__] for row in rows[1:])
     assert "broken" not in done.stdout
 
 
