@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from osteomics.core.files import write_atomic, write_json_atomic
 from osteomics.radiology.radiomics import (
     Mask,
     Volume,
@@ -47,12 +48,17 @@ class _Loaded:
 
 
 def store_study_folder(uid: str, node_config: Path | None) -> Path:
-    """The folder of study ``uid`` in the node's store (``[node] storage`` of ``node_config``).
+    """The folder of study ``uid`` in the node's store (``[node] storage`` of ``node_config``),
+    as the store gives it (read-only: works while the node serves, never creates a store).
 
     Raises
     ------
     RadiomicsError
-        No node.toml given, an invalid UID, or no such study in the store.
+        No node.toml given, or no such study in the store.
+    StoreNotFoundError
+        No store at ``[node] storage``.
+    InvalidUIDError
+        ``uid`` is not a valid UID.
     """
     from osteomics.radiology.config import load_node_config
     from osteomics.radiology.store import DicomStore
@@ -65,12 +71,11 @@ def store_study_folder(uid: str, node_config: Path | None) -> Path:
         )
     cfg = load_node_config(node_config)
     uid = validate_uid(uid, "StudyInstanceUID")
-    if not (cfg.storage / uid).is_dir():
-        raise RadiomicsError(f"no study {uid} in the store at {cfg.storage} ({node_config})")
-    with DicomStore(cfg.storage) as store:
-        if store.study(uid) is None:
+    with DicomStore(cfg.storage, mode="read") as store:
+        folder = store.study_folder(uid)
+        if store.study(uid) is None or not folder.is_dir():
             raise RadiomicsError(f"no study {uid} in the store at {cfg.storage} ({node_config})")
-    return cfg.storage / uid
+    return folder
 
 
 def load_inputs(
@@ -79,13 +84,15 @@ def load_inputs(
     roi: str | None,
     modality: str | None = None,
     node_config: Path | None = None,
+    series_uid: str | None = None,
 ) -> _Loaded:
     """Read INPUT (and --mask) into a volume, a mask and the DICOM identity of the series.
 
     - NIfTI image + ``mask`` NIfTI mask (``roi`` names it);
     - DICOM series folder + ``mask`` RTSTRUCT or SEG file (``roi``: default the only ROI);
-    - DICOM study folder holding an image series and RTSTRUCT/SEG files (``modality`` picks the
-      series when there are several; ``roi``: default the only ROI);
+    - DICOM study folder holding image series and RTSTRUCT/SEG files: the series a structure
+      file references (``modality`` or ``series_uid`` picks one when several are contoured;
+      ``roi``: default the only ROI);
     - ``store:<StudyInstanceUID>``: that study's folder in the store of ``node_config``, read as a
       study folder.
 
@@ -97,7 +104,7 @@ def load_inputs(
     text = str(input_path)
     if text.startswith("store:"):
         folder = store_study_folder(text.removeprefix("store:"), node_config)
-        study = read_dicom_study(folder, modality=modality)
+        study = read_dicom_study(folder, modality=modality, series_uid=series_uid)
         roi_mask = read_study_mask(study, roi)
         info = study.image.info
         return _Loaded(
@@ -121,13 +128,13 @@ def load_inputs(
             raise RadiomicsError(
                 f"{mask}: --mask with a DICOM folder must be an RTSTRUCT or SEG file"
             )
-        image = read_dicom_series(input_path)
+        image = read_dicom_series(input_path, series_uid=series_uid)
         if kind == "SEG":
             roi_mask = read_seg_mask(mask, image, roi)
         else:
             roi_mask = read_rtstruct_mask(mask, image, roi)
     else:
-        study = read_dicom_study(input_path, modality=modality)
+        study = read_dicom_study(input_path, modality=modality, series_uid=series_uid)
         image = study.image
         roi_mask = read_study_mask(study, roi)
     info = image.info
@@ -152,7 +159,14 @@ def radiomics(
         help="ROI name (DICOM: default the only ROI; NIfTI: name for the table).",
     ),
     modality: str | None = typer.Option(
-        None, "--modality", help="CT, MR or PT: the image series of a study folder holding several."
+        None,
+        "--modality",
+        help="CT, MR or PT: the contoured image series of a study folder holding several.",
+    ),
+    series_uid: str | None = typer.Option(
+        None,
+        "--series",
+        help="SeriesInstanceUID: the image series when a folder holds several of one modality.",
     ),
     config: str = typer.Option(
         ...,
@@ -176,7 +190,7 @@ def radiomics(
         raise RadiomicsError(f"{out}: the output must end in .csv or .parquet")
     cfg = load_config(config)
     t0 = time.perf_counter()
-    loaded = load_inputs(input_path, mask, roi, modality, node_config)
+    loaded = load_inputs(input_path, mask, roi, modality, node_config, series_uid)
     values = extract_features(loaded.volume, loaded.mask, cfg)
     seconds = time.perf_counter() - t0
     roi_mask = loaded.mask
@@ -190,11 +204,10 @@ def radiomics(
         ],
         columns=list(COLUMNS),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
-        table.to_csv(out, index=False)
+        write_atomic(out, lambda p: table.to_csv(p, index=False))
     else:
-        table.to_parquet(out, index=False)
+        write_atomic(out, lambda p: table.to_parquet(p, index=False))
     image_path = (
         store_study_folder(input_path.removeprefix("store:"), node_config)
         if input_path.startswith("store:")
@@ -204,7 +217,7 @@ def radiomics(
     prov = run_provenance(cfg, inputs, n_features=len(values), seconds=seconds)
     prov["output"] = str(out)
     prov_path = out.with_name(out.name.removesuffix(out.suffix) + ".provenance.json")
-    prov_path.write_text(json.dumps(prov, indent=2) + "\n")
+    write_json_atomic(prov_path, prov)
     summary = {
         "output": str(out),
         "provenance": str(prov_path),

@@ -216,7 +216,7 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds).start()
     worker = None
     if config.radiomics.enabled:
-        worker = RadiomicsWorker(config.storage, config.radiomics).start()
+        worker = RadiomicsWorker(store, config.radiomics).start()
         log.info("radiomics worker started (%s)", ", ".join(config.radiomics.modalities))
     return RunningNode(config, store, server, port, jobs, scheduler, worker)
 

@@ -1,28 +1,34 @@
 """The node's radiomics worker: IBSI features of every completed study.
 
 The worker claims ``study_complete`` jobs from the store's :class:`~osteomics.radiology.jobs.
-JobQueue`, reads the study from the store (``<storage>/<StudyInstanceUID>/``), and for every image
-series of a configured modality and every RTSTRUCT ROI / SEG segment whose name matches
-``[radiomics] roi_pattern`` computes the IBSI features with that modality's configuration. It
-writes one long table per study, ``<storage>/radiomics/<StudyInstanceUID>.parquet`` (columns of
-``osteomics radiomics``), and its provenance ``<StudyInstanceUID>.provenance.json`` next to it,
-each atomically (temporary file, fsync, rename), then completes the job.
+JobQueue` and reads the study from the store (:meth:`DicomStore.study_folder`). For every
+configured modality it reads each image series that an RTSTRUCT or SEG was drawn on (a study may
+hold several series of one modality, e.g. MR T1 and STIR: each contoured one is computed; the
+series are picked by the structure files' references, see
+:func:`~osteomics.radiology.radiomics.dicom.read_dicom_studies`), and for every ROI / segment
+whose name matches ``[radiomics] roi_pattern`` computes the IBSI features with that modality's
+configuration. It writes one long table per study (columns of ``osteomics radiomics``; the
+``series`` column tells the series apart) and its provenance, in the store's result folder
+``<storage>/results/radiomics/<StudyInstanceUID>/`` (:meth:`DicomStore.result_folder`, outside
+the DICOM tree): ``features.parquet`` and ``features.provenance.json``, each atomically
+(:func:`osteomics.core.files.write_atomic`), then completes the job.
 
 Idempotent, as the at-least-once queue requires: a job that runs again overwrites the same two
-files with the results of the whole study. A study without a matching series and contour is
-completed without output (logged). Errors in the data (:class:`RadiomicsError`: geometry, ROI
-outside the image...) fail the job for good; other errors (I/O) are retried by the queue.
+files with the results of the whole study.
+
+A job never ends ``done`` without output: a study with no contoured series of a configured
+modality, or no ROI matching the pattern, fails the job (for good: the data will not change)
+with the reason per modality in the job's ``error`` (``osteomics node status`` counts it as
+failed). Errors in the data (:class:`RadiomicsError`: geometry, ROI outside the image...) fail
+the job for good too; other errors (I/O) are retried by the queue.
 
 Logs name studies by their UID, never by patient.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -30,17 +36,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from osteomics.core.files import write_atomic, write_json_atomic
 from osteomics.radiology.config import RadiomicsSettings
 from osteomics.radiology.errors import JobLeaseLostError
 from osteomics.radiology.jobs import STUDY_COMPLETE, Job, JobQueue
-from osteomics.radiology.uids import validate_uid
+from osteomics.radiology.store import DicomStore
 
 log = logging.getLogger(__name__)
 
 #: Columns of the feature table (as ``osteomics radiomics`` writes them).
 COLUMNS = ("patient", "study", "series", "modality", "roi", "family", "feature", "ibsi_id", "value")
-#: Folder under the storage root that holds the tables.
-RADIOMICS_FOLDER = "radiomics"
+#: The result kind under the store's ``results/`` folder.
+RESULT_KIND = "radiomics"
+TABLE_NAME = "features.parquet"
+PROVENANCE_NAME = "features.provenance.json"
 
 
 @dataclass(frozen=True)
@@ -52,44 +61,25 @@ class StudyRadiomics:
     study_uid:
         The study.
     table, provenance:
-        The Parquet table and its provenance JSON; ``None`` when nothing matched.
+        The Parquet table and its provenance JSON.
     runs:
-        ``(modality, roi, config name, number of features)`` per computed ROI.
+        ``(modality, series UID, roi, config name, number of features)`` per computed ROI.
     """
 
     study_uid: str
-    table: Path | None
-    provenance: Path | None
-    runs: tuple[tuple[str, str, str, int], ...]
+    table: Path
+    provenance: Path
+    runs: tuple[tuple[str, str, str, str, int], ...]
 
 
-def output_paths(storage: Path, study_uid: str) -> tuple[Path, Path]:
-    """``<storage>/radiomics/<StudyUID>.parquet`` and ``.provenance.json`` (UID validated)."""
-    uid = validate_uid(study_uid)
-    folder = Path(storage) / RADIOMICS_FOLDER
-    return folder / f"{uid}.parquet", folder / f"{uid}.provenance.json"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through ``write(tmp)`` to a temporary file next to ``path``, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def output_paths(store: DicomStore, study_uid: str) -> tuple[Path, Path]:
+    """The table and provenance files of a study in the store's result folder."""
+    folder = store.result_folder(RESULT_KIND, study_uid)
+    return folder / TABLE_NAME, folder / PROVENANCE_NAME
 
 
 def run_study(
-    storage: Path,
+    store: DicomStore,
     study_uid: str,
     settings: RadiomicsSettings,
     heartbeat: Callable[[], None] | None = None,
@@ -98,8 +88,8 @@ def run_study(
 
     Parameters
     ----------
-    storage
-        The store's root (``[node] storage``).
+    store
+        The study store (only its paths are used: the study folder and the result folder).
     study_uid
         Study Instance UID.
     settings
@@ -110,10 +100,13 @@ def run_study(
     Returns
     -------
     StudyRadiomics
-        The files written (``None`` when no series and matching ROI were found).
+        The files written.
 
     Raises
     ------
+    NothingToExtractError
+        No contoured series of a configured modality with an ROI matching the pattern (the
+        message gives the reason per modality); nothing is written.
     RadiomicsError
         The study's data cannot be read or computed (geometry, contour outside the image...).
     InvalidUIDError
@@ -123,68 +116,77 @@ def run_study(
 
     from osteomics.radiology.radiomics import extract_features, load_config
     from osteomics.radiology.radiomics.dicom import (
-        read_dicom_study,
+        read_dicom_studies,
         read_study_mask,
         rtstruct_roi_names,
         seg_segment_labels,
     )
-    from osteomics.radiology.radiomics.errors import ImageReadError
+    from osteomics.radiology.radiomics.errors import ImageReadError, NothingToExtractError
     from osteomics.radiology.radiomics.provenance import run_provenance
 
-    folder = Path(storage) / validate_uid(study_uid)
-    table_path, prov_path = output_paths(storage, study_uid)
+    folder = store.study_folder(study_uid)
+    table_path, prov_path = output_paths(store, study_uid)
     pattern = re.compile(settings.roi_pattern)
     rows: list[tuple[Any, ...]] = []
-    runs: list[tuple[str, str, str, int]] = []
+    runs: list[tuple[str, str, str, str, int]] = []
     provenance: list[dict[str, Any]] = []
+    reasons: list[str] = []
     for modality in settings.modalities:
         try:
-            study = read_dicom_study(folder, modality=modality)
+            studies = read_dicom_studies(folder, modality=modality)
         except ImageReadError as exc:
-            log.info("study %s: no %s series with a contour (%s)", study_uid, modality, exc)
-            continue
-        names = [n for p in study.rtstructs for n in rtstruct_roi_names(p)]
-        names += [n for p in study.segs for n in seg_segment_labels(p)]
-        rois = [n for n in dict.fromkeys(names) if pattern.fullmatch(n)]
-        if not rois:
-            log.info(
-                "study %s: no %s ROI matches %r (%d ROIs)",
-                study_uid, modality, settings.roi_pattern, len(names),
-            )  # fmt: skip
+            reasons.append(f"{modality}: {str(exc).removeprefix(f'{folder}: ')}")
+            log.info("study %s: no contoured %s series (%s)", study_uid, modality, exc)
             continue
         config = load_config(settings.configs[modality])
-        info = study.image.info
-        for roi in rois:
-            t0 = time.perf_counter()
-            mask = read_study_mask(study, roi)
-            values = extract_features(study.image.volume, mask, config)
-            seconds = time.perf_counter() - t0
-            identity = (info.patient, info.study, info.series, info.modality, roi)
-            rows.extend((*identity, v.family, v.feature, v.ibsi_id, v.value) for v in values)
-            runs.append((modality, roi, config.name, len(values)))
-            prov = run_provenance(
-                config, {"study": folder}, n_features=len(values), seconds=seconds
-            )
-            prov.update({"series": info.series, "modality": info.modality, "roi": roi})
-            provenance.append(prov)
-            log.info(
-                "study %s: %s ROI %r, %d features (%s) in %.1f s",
-                study_uid, modality, roi, len(values), config.name, seconds,
-            )  # fmt: skip
-            if heartbeat is not None:
-                heartbeat()
+        for study in studies:
+            info = study.image.info
+            names = [n for p in study.rtstructs for n in rtstruct_roi_names(p)]
+            names += [n for p in study.segs for n in seg_segment_labels(p)]
+            rois = [n for n in dict.fromkeys(names) if pattern.fullmatch(n)]
+            if not rois:
+                reasons.append(
+                    f"{modality} series …{info.series[-12:]}: no ROI matches "
+                    f"{settings.roi_pattern!r} ({len(names)} ROIs)"
+                )
+                log.info(
+                    "study %s: %s series %s: no ROI matches %r (%d ROIs)",
+                    study_uid, modality, info.series, settings.roi_pattern, len(names),
+                )  # fmt: skip
+                continue
+            for roi in rois:
+                t0 = time.perf_counter()
+                mask = read_study_mask(study, roi)
+                values = extract_features(study.image.volume, mask, config)
+                seconds = time.perf_counter() - t0
+                identity = (info.patient, info.study, info.series, info.modality, roi)
+                rows.extend((*identity, v.family, v.feature, v.ibsi_id, v.value) for v in values)
+                runs.append((modality, info.series, roi, config.name, len(values)))
+                prov = run_provenance(
+                    config, {"study": folder}, n_features=len(values), seconds=seconds
+                )
+                prov.update({"series": info.series, "modality": info.modality, "roi": roi})
+                provenance.append(prov)
+                log.info(
+                    "study %s: %s series %s ROI %r, %d features (%s) in %.1f s",
+                    study_uid, modality, info.series, roi, len(values), config.name, seconds,
+                )  # fmt: skip
+                if heartbeat is not None:
+                    heartbeat()
     if not rows:
-        log.info("study %s: nothing to compute (no matching series and ROI)", study_uid)
-        return StudyRadiomics(study_uid, None, None, ())
+        raise NothingToExtractError(
+            f"study {study_uid}: nothing to extract for modalities "
+            f"{', '.join(settings.modalities)}: {'; '.join(reasons) or 'no series'}"
+        )
     table = pd.DataFrame(rows, columns=list(COLUMNS))
-    _atomic_write(table_path, lambda p: table.to_parquet(p, index=False))
+    write_atomic(table_path, lambda p: table.to_parquet(p, index=False))
     document = {"study": study_uid, "output": str(table_path), "runs": provenance}
-    _atomic_write(prov_path, lambda p: p.write_text(json.dumps(document, indent=2) + "\n"))
+    write_json_atomic(prov_path, document)
     return StudyRadiomics(study_uid, table_path, prov_path, tuple(runs))
 
 
 def process_next(
-    queue: JobQueue, storage: Path, settings: RadiomicsSettings
+    queue: JobQueue, store: DicomStore, settings: RadiomicsSettings
 ) -> tuple[Job, StudyRadiomics | None] | None:
     """Claim one ``study_complete`` job, run it, and complete or fail it.
 
@@ -208,7 +210,7 @@ def process_next(
         held[0] = queue.heartbeat(held[0])
 
     try:
-        result = run_study(storage, study_uid, settings, heartbeat=heartbeat)
+        result = run_study(store, study_uid, settings, heartbeat=heartbeat)
     except JobLeaseLostError:
         log.warning("job %d: lease lost; another worker will run it", job.id)
         return job, None
@@ -229,14 +231,14 @@ class RadiomicsWorker:
 
     Parameters
     ----------
-    storage
-        The store's root.
+    store
+        The node's store (its paths; the job queue is opened in its root).
     settings
         ``[radiomics]`` settings.
     """
 
-    def __init__(self, storage: Path, settings: RadiomicsSettings) -> None:
-        self.storage = Path(storage)
+    def __init__(self, store: DicomStore, settings: RadiomicsSettings) -> None:
+        self.store = store
         self.settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="radiomics-worker", daemon=True)
@@ -253,10 +255,10 @@ class RadiomicsWorker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        with JobQueue(self.storage) as queue:
+        with JobQueue(self.store.root) as queue:
             while not self._stop.is_set():
                 try:
-                    done = process_next(queue, self.storage, self.settings)
+                    done = process_next(queue, self.store, self.settings)
                 except Exception:  # keep the worker alive (e.g. a locked or full index)
                     log.exception("radiomics worker: cannot process the queue")
                     done = None

@@ -2,7 +2,8 @@
 
 Nouns: :class:`Volume`, :class:`Mask`, :class:`RadiomicsConfig`, :class:`FeatureValue`.
 Verbs: :func:`read_nifti_volume`, :func:`read_nifti_mask`, :func:`read_dicom_series`,
-:func:`read_rtstruct_mask`, :func:`read_dicom_study`, :func:`load_config`,
+:func:`read_rtstruct_mask`, :func:`read_dicom_study`, :func:`read_dicom_studies`,
+:func:`load_config`,
 :func:`extract_features`.
 """
 
@@ -12,6 +13,7 @@ from osteomics.radiology.radiomics.config import RadiomicsConfig, load_config, s
 from osteomics.radiology.radiomics.dicom import (
     DicomImage,
     read_dicom_series,
+    read_dicom_studies,
     read_dicom_study,
     read_rtstruct_mask,
     read_study_mask,
@@ -31,6 +33,7 @@ __all__ = [
     "extract_features",
     "load_config",
     "read_dicom_series",
+    "read_dicom_studies",
     "read_dicom_study",
     "read_nifti_mask",
     "read_nifti_volume",

@@ -640,64 +640,198 @@ def read_rtstruct_mask(path: Path, image: DicomImage, roi: str | None = None) ->
 
 @dataclass(frozen=True)
 class DicomStudy:
-    """An image series and the RTSTRUCT and SEG files found with it in a study folder."""
+    """An image series and the RTSTRUCT and SEG files drawn on it, found in a study folder."""
 
     image: DicomImage
     rtstructs: list[Path]
     segs: list[Path] = field(default_factory=list)
 
 
-def read_dicom_study(folder: Path, *, modality: str | None = None) -> DicomStudy:
-    """Find the image series and the RTSTRUCT/SEG files of a study folder (recursively).
+def _structure_references(ds: Any, sop_series: dict[str, str]) -> set[str]:
+    """SeriesInstanceUIDs of the image series an RTSTRUCT or SEG says it was drawn on.
+
+    RTSTRUCT: ReferencedFrameOfReferenceSequence > RTReferencedStudySequence >
+    RTReferencedSeriesSequence, and the series of the instances its contours name
+    (ContourImageSequence). SEG: ReferencedSeriesSequence, and the series of the instances its
+    SourceImageSequence and frames' DerivationImageSequence name. Instances are mapped to
+    series through ``sop_series`` (the image instances of the folder).
+    """
+    refs: set[str] = set()
+    sops: set[str] = set()
+
+    def images(items: Any) -> None:
+        for item in items or []:
+            sops.add(str(item.get("ReferencedSOPInstanceUID", "")))
+
+    if str(ds.get("Modality", "")) == "RTSTRUCT":
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
+            for study in frame.get("RTReferencedStudySequence", []):
+                for series in study.get("RTReferencedSeriesSequence", []):
+                    refs.add(str(series.get("SeriesInstanceUID", "")))
+                    images(series.get("ContourImageSequence"))
+        for roi in ds.get("ROIContourSequence", []):
+            for contour in roi.get("ContourSequence", []):
+                images(contour.get("ContourImageSequence"))
+    else:
+        for series in ds.get("ReferencedSeriesSequence", []):
+            refs.add(str(series.get("SeriesInstanceUID", "")))
+        images(ds.get("SourceImageSequence"))
+        groups = [*ds.get("PerFrameFunctionalGroupsSequence", [])]
+        groups += [*ds.get("SharedFunctionalGroupsSequence", [])]
+        for group in groups:
+            for derivation in group.get("DerivationImageSequence", []):
+                images(derivation.get("SourceImageSequence"))
+    refs.update(sop_series[uid] for uid in sops if uid in sop_series)
+    refs.discard("")
+    return refs
+
+
+@dataclass(frozen=True)
+class _Contoured:
+    """An image series (by UID) and the structure files drawn on it, before reading pixels."""
+
+    series_uid: str
+    rtstructs: list[Path]
+    segs: list[Path]
+
+
+def _find_contoured(
+    folder: Path, modality: str | None
+) -> tuple[dict[str, list[tuple[Path, Any]]], list[_Contoured]]:
+    """The image groups of ``folder`` (of ``modality``) and those an RTSTRUCT/SEG was drawn on.
+
+    An image series is contoured when a structure set or segmentation references it (see
+    :func:`_structure_references`). A structure file that names no series at all is taken for
+    the one series in its frame of reference (none when several share it); one that names
+    other series (not in the folder, or of another modality) is not used for these.
+    """
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder}: no such folder")
+    headers = _headers(folder)
+    all_groups = _group_series(headers)
+    groups = all_groups
+    if modality is not None:
+        groups = {k: v for k, v in groups.items() if str(v[0][1].Modality) == modality}
+    if not groups:
+        what = modality or "CT, MR or PET"
+        raise ImageReadError(f"{folder}: no {what} image series found")
+    structures = [
+        (p, ds) for p, ds in headers if str(ds.get("Modality", "")) in ("RTSTRUCT", "SEG")
+    ]
+    if not structures:
+        raise ImageReadError(f"{folder}: no RTSTRUCT or SEG file found next to the image series")
+    sop_series = {
+        str(ds.get("SOPInstanceUID", "")): uid
+        for uid, items in all_groups.items()
+        for _, ds in items
+    }
+    frame_of = {uid: str(v[0][1].get("FrameOfReferenceUID", "")) for uid, v in groups.items()}
+    found: dict[str, _Contoured] = {uid: _Contoured(uid, [], []) for uid in groups}
+
+    def add(uid: str, path: Path, ds: Any) -> None:
+        kind = found[uid].rtstructs if str(ds.Modality) == "RTSTRUCT" else found[uid].segs
+        kind.append(path)
+
+    for path, ds in structures:
+        referenced = _structure_references(ds, sop_series)
+        for uid in sorted(referenced & groups.keys()):
+            add(uid, path, ds)
+        if referenced:
+            continue  # drawn on series named by UID (maybe none of those here)
+        fors = {str(ds.get("FrameOfReferenceUID", ""))} | {
+            str(r.get("ReferencedFrameOfReferenceUID", ""))
+            for r in ds.get("StructureSetROISequence", [])
+        }
+        same = [uid for uid, f in frame_of.items() if f and f in fors]
+        if len(same) == 1:
+            add(same[0], path, ds)
+        else:
+            log.debug("%s: %s names no series and %d share its frame", folder, path, len(same))
+    contoured = [c for c in found.values() if c.rtstructs or c.segs]
+    return groups, contoured
+
+
+def read_dicom_studies(folder: Path, *, modality: str | None = None) -> list[DicomStudy]:
+    """Every image series of a study folder that an RTSTRUCT or SEG was drawn on.
+
+    A study often holds several series of one modality (MR T1 and STIR, CT with and without
+    contrast); the series to read are the ones the structure sets and segmentations reference
+    (RTSTRUCT: RTReferencedSeriesSequence / ContourImageSequence; SEG: ReferencedSeriesSequence
+    / SourceImageSequence). Series no structure file references are skipped.
 
     Parameters
     ----------
     folder
-        Study folder.
+        Study folder (searched recursively).
     modality
-        ``CT``, ``MR`` or ``PT`` to choose among several image series.
+        ``CT``, ``MR`` or ``PT``: only series of that modality.
+
+    Returns
+    -------
+    list of DicomStudy
+        One per contoured series (in SeriesInstanceUID order), each with its structure files.
 
     Raises
     ------
     ImageReadError
-        No image series, no RTSTRUCT or SEG, or several image series and no way to choose.
+        No image series (of ``modality``), no RTSTRUCT or SEG, or none drawn on these series.
+    SeriesGeometryError, SuvError
+        A contoured series that cannot be read (see :func:`read_dicom_series`).
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise ImageReadError(f"{folder}: no such folder")
-    headers = _headers(folder)
-    groups = _group_series(headers)
-    if modality is not None:
-        groups = {k: v for k, v in groups.items() if str(v[0][1].Modality) == modality}
-    rtstructs = [p for p, ds in headers if str(ds.get("Modality", "")) == "RTSTRUCT"]
-    segs = [p for p, ds in headers if str(ds.get("Modality", "")) == "SEG"]
-    image = _read_group(folder, groups, None)
-    if not rtstructs and not segs:
-        raise ImageReadError(f"{folder}: no RTSTRUCT or SEG file found next to the image series")
-    # Prefer structure sets that reference this series, then those in its frame of reference.
-    by_series, by_for = [], []
-    for p in rtstructs:
-        ds = _dcmread(p, pixels=False)
-        series = {
-            str(s.get("SeriesInstanceUID", ""))
-            for f in ds.get("ReferencedFrameOfReferenceSequence", [])
-            for st in f.get("RTReferencedStudySequence", [])
-            for s in st.get("RTReferencedSeriesSequence", [])
-        }
-        if image.info.series in series:
-            by_series.append(p)
-        if any(
-            str(r.get("ReferencedFrameOfReferenceUID", "")) == image.info.frame_of_reference
-            for r in ds.get("StructureSetROISequence", [])
-        ):
-            by_for.append(p)
-    segs_same = [
-        p
-        for p in segs
-        if str(_dcmread(p, pixels=False).get("FrameOfReferenceUID", ""))
-        == image.info.frame_of_reference
+    groups, contoured = _find_contoured(folder, modality)
+    if not contoured:
+        raise ImageReadError(
+            f"{folder}: no RTSTRUCT or SEG references the {len(groups)} "
+            f"{modality or 'image'} series here"
+        )
+    return [
+        DicomStudy(_read_group(folder, groups, c.series_uid), c.rtstructs, c.segs)
+        for c in contoured
     ]
-    return DicomStudy(image, by_series or by_for or rtstructs, segs_same or segs)
+
+
+def read_dicom_study(
+    folder: Path, *, modality: str | None = None, series_uid: str | None = None
+) -> DicomStudy:
+    """The one contoured image series of a study folder and its RTSTRUCT/SEG files.
+
+    Parameters
+    ----------
+    folder
+        Study folder (searched recursively).
+    modality
+        ``CT``, ``MR`` or ``PT`` to choose among several contoured image series.
+    series_uid
+        SeriesInstanceUID to choose among several contoured series of one modality.
+
+    Raises
+    ------
+    ImageReadError
+        No image series, no RTSTRUCT or SEG, or several contoured image series and no way to
+        choose (see :func:`read_dicom_studies` to read each).
+    """
+    folder = Path(folder)
+    groups, contoured = _find_contoured(folder, modality)
+    if series_uid is not None:
+        contoured = [c for c in contoured if c.series_uid == series_uid]
+        if not contoured:
+            raise ImageReadError(
+                f"{folder}: no contoured image series with SeriesInstanceUID {_short(series_uid)}"
+            )
+    if not contoured:
+        raise ImageReadError(
+            f"{folder}: no RTSTRUCT or SEG references the {len(groups)} "
+            f"{modality or 'image'} series here"
+        )
+    if len(contoured) > 1:
+        names = [f"{groups[c.series_uid][0][1].Modality} {_short(c.series_uid)}" for c in contoured]
+        raise ImageReadError(
+            f"{folder}: several image series with a contour ({', '.join(names)}); choose one "
+            "by modality (--modality) or SeriesInstanceUID"
+        )
+    (chosen,) = contoured
+    return DicomStudy(_read_group(folder, groups, chosen.series_uid), chosen.rtstructs, chosen.segs)
 
 
 def read_study_mask(study: DicomStudy, roi: str | None) -> Mask:

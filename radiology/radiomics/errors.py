@@ -27,3 +27,7 @@ class GeometryMismatchError(RadiomicsError, ValueError):
 
 class ImageReadError(RadiomicsError, OSError):
     """An image or mask file that cannot be read (missing, not NIfTI, not 3D)."""
+
+
+class NothingToExtractError(RadiomicsError, LookupError):
+    """A study with no contoured image series of the asked modalities, or no ROI matching."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -49,8 +50,13 @@ def test_cli_writes_table_and_provenance(tmp_path: Path, suffix: str) -> None:
     assert row.ibsi_id.iloc[0] == "GYBY"
     assert table.ibsi_id.notna().all()
     prov = json.loads(Path(summary["provenance"]).read_text())
-    assert prov["config"]["name"] == "ibsi-digital-phantom"
-    assert len(prov["inputs"]["image"]["sha256"]) == 64
+    assert prov["parameters"]["name"] == "ibsi-digital-phantom"
+    inputs = {i["role"]: i for i in prov["inputs"]}
+    assert inputs.keys() == {"image", "mask"}
+    for role, name in (("image", "phantom.nii.gz"), ("mask", "mask.nii.gz")):
+        data = (PHANTOM_DIR / name).read_bytes()
+        assert inputs[role]["sha256"] == hashlib.sha256(data).hexdigest()
+        assert inputs[role]["bytes"] == len(data)
 
 
 def test_cli_folder_without_dicom_is_a_clear_error(tmp_path: Path) -> None:
