@@ -40,7 +40,7 @@ from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_l
 from osteomics.wsi.necrosis import huvos_grade, responder
 from osteomics.wsi.scoring import NecrosisParameters, score_slides
 from osteomics.wsi.slide import open_slide
-from osteomics.wsi.tiling import read_tiles
+from osteomics.wsi.grid import read_tiles
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "osteosarcoma-tiles"
 CACHE = Path(__file__).resolve().parent / "out"
@@ -163,7 +163,7 @@ def held_out_split(tiles: list[LabelledTile]) -> tuple[list[LabelledTile], list[
 
 def true_rate_by_tissue(composition: MosaicComposition, tiles: object) -> float | None:
     """Necrotic / tumour tissue area, each tile labelled by the mosaic cell it lies in."""
-    from osteomics.wsi.scoring import SlideTiles
+    from osteomics.wsi.results import SlideTiles
 
     assert isinstance(tiles, SlideTiles)
     cells = {(c.row, c.col): c.label for c in composition.cells}

@@ -142,8 +142,14 @@ def software_versions() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
-    openslide = sys.modules.get("openslide")
-    versions["openslide-library"] = getattr(openslide, "__library_version__", None)
+    versions["openslide-library"] = None
+    if versions["openslide-python"] is not None:
+        try:
+            import openslide
+
+            versions["openslide-library"] = openslide.__library_version__
+        except Exception:  # the C library may be missing; the run then uses another reader
+            pass
     return versions
 
 

@@ -94,6 +94,14 @@ class OpenSlideSlide(Slide):
                     return pixels
         return self._osr.read_region(location_px, level, size_px)
 
+    def stored_tile_px(self, level: int) -> tuple[int, int] | None:
+        props = self._osr.properties
+        width = props.get(f"openslide.level[{level}].tile-width")
+        height = props.get(f"openslide.level[{level}].tile-height")
+        if not width or not height:
+            return None
+        return int(width), int(height)
+
     def _read_associated(self, name: str) -> Image.Image:
         return self._osr.associated_images[name]
 

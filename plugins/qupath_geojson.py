@@ -14,16 +14,14 @@ from typing import TYPE_CHECKING
 
 from osteomics.core.files import write_text_atomic
 from osteomics.core.plugins import Plugin
-from osteomics.wsi.necrosis import TISSUE_CLASSES
+from osteomics.wsi.necrosis import CLASS_STYLE, TISSUE_CLASSES
 
 if TYPE_CHECKING:
-    from osteomics.wsi.scoring import SlideNecrosis, SlideTiles
+    from osteomics.wsi.results import SlideNecrosis, SlideTiles
 
 
 def tiles_feature_collection(tiles: SlideTiles) -> dict[str, object]:
     """GeoJSON FeatureCollection of the scored tiles."""
-    from osteomics.wsi.report import CLASS_STYLE
-
     features = []
     side = float(tiles.side_px)
     winners = tiles.area_mm2.argmax(axis=1)

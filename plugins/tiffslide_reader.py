@@ -74,6 +74,14 @@ class TiffSlideSlide(Slide):
             region[:, max(0, width - x0) :] = 255
         return region
 
+    def stored_tile_px(self, level: int) -> tuple[int, int] | None:
+        props = self._ts.properties
+        width = props.get(f"tiffslide.level[{level}].tile-width")
+        height = props.get(f"tiffslide.level[{level}].tile-height")
+        if not width or not height:
+            return None
+        return int(width), int(height)
+
     def _read_associated(self, name: str) -> np.ndarray:
         return np.asarray(self._ts.associated_images[name])
 

@@ -136,6 +136,11 @@ def failure_reason(exc: BaseException) -> str:
     """One line for a slide's error row: ours as written, anything else marked unexpected."""
     if isinstance(exc, OsteomicsError):
         return str(exc)
+    if type(exc).__name__ == "KilledWorker":  # dask.distributed's, without importing it here
+        return (
+            "the Dask workers processing this slide died more often than Dask retries a task "
+            f"({exc}); check the workers' memory limit and logs, then run the command again"
+        )
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"no space left on the device: {exc}; free space or choose another --out"
     return f"unexpected {type(exc).__name__}: {exc} (please report this with run.json)"

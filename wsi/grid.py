@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from osteomics.wsi.errors import NoTissueError, ResolutionError
-from osteomics.wsi.slide import Slide, SlideInfo
+from osteomics.wsi.slide import BLOCK_READ_PX, Slide, SlideInfo
 from osteomics.wsi.tissue import TissueMask, detect_tissue
 
 #: Relative µm/px difference under which a level is read as if it were the target.
@@ -38,7 +39,9 @@ class TileGrid:
     tile_um:
         Tile side in µm (``read_px`` x the read level's µm/px).
     x_px, y_px:
-        Level-0 top-left corners of the kept tiles, int64 arrays of equal length, row-major.
+        Level-0 top-left corners of the kept tiles, int64 arrays of equal length, block by
+        block (blocks of :data:`~osteomics.wsi.slide.BLOCK_READ_PX` read-level pixels, in
+        rows), row-major within a block.
     tissue_fraction:
         Fraction of each kept tile covered by tissue, float32.
     """
@@ -146,6 +149,10 @@ def make_tile_grid(
     x_level, y_level = grid_x.ravel(), grid_y.ravel()
     x_px = np.round(x_level * level.downsample).astype(np.int64)
     y_px = np.round(y_level * level.downsample).astype(np.int64)
+    # Block by block (row-major within a block), so that a batch of consecutive tiles lies
+    # in one region that Slide.read_tiles reads at once.
+    order = np.lexsort((x_level, y_level, x_level // BLOCK_READ_PX, y_level // BLOCK_READ_PX))
+    x_px, y_px = x_px[order], y_px[order]
     side_px = read_px * level.downsample
     fraction = tissue.fraction_in_boxes(x_px, y_px, side_px)
     keep = fraction >= min_tissue if min_tissue > 0 else np.ones_like(fraction, dtype=bool)
@@ -201,3 +208,31 @@ def plan_slide(
     tissue = detect_tissue(thumbnail, downsample, mpp)
     grid = make_tile_grid(slide.info, tissue, target_mpp, tile_px, overlap_px, min_tissue)
     return SlidePlan(slide.info.backend, mpp, thumbnail, tissue, grid)
+
+
+def read_tiles(
+    slide: Slide,
+    x_px: np.ndarray,
+    y_px: np.ndarray,
+    read_level: int,
+    read_px: int,
+    tile_px: int,
+) -> np.ndarray:
+    """Read tiles at their level-0 corners and resample them to ``tile_px`` (Lanczos).
+
+    Regions covering several tiles are read at once (:meth:`Slide.read_tiles`).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape (n, tile_px, tile_px, 3).
+    """
+    regions = slide.read_tiles(x_px, y_px, read_level, read_px)
+    if read_px == tile_px:
+        return regions
+    out = np.empty((len(regions), tile_px, tile_px, 3), dtype=np.uint8)
+    for i, region in enumerate(regions):
+        out[i] = np.asarray(
+            Image.fromarray(region).resize((tile_px, tile_px), Image.Resampling.LANCZOS)
+        )
+    return out

@@ -5,7 +5,8 @@ Definitions (see ../shared/docs/DOMAIN.md):
 - necrosis rate = necrotic tumour area / (necrotic + viable tumour area), in percent;
   non-tumour tissue (bone, cartilage, marrow, fat, muscle) is not in the denominator;
 - Huvos grade: I < 50 %, II 50-89 %, III 90-99 % (scattered viable foci), IV 100 % (no
-  viable tumour); always reported with the rate, never instead of it;
+  viable tumour: here, no tile classified viable; see :func:`huvos_grade`); always reported
+  with the rate, never instead of it;
 - good responder: necrosis >= 90 %;
 - a case (resection specimen, mapped into many slides) is area-weighted over all its slides:
   areas are summed, then the rate is taken, never a mean of slide percentages.
@@ -35,6 +36,13 @@ LABEL_TO_CLASS = {
 
 GOOD_RESPONSE_PERCENT = 90.0
 
+#: Display name and colour of each tissue class (maps, legends, QuPath classes, exports).
+CLASS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
+    VIABLE: ("Viable tumour", (214, 39, 40)),
+    NECROTIC: ("Necrotic tumour", (255, 196, 0)),
+    NON_TUMOUR: ("Non-tumour", (31, 119, 180)),
+}
+
 
 @dataclass(frozen=True)
 class TissueAreas:
@@ -52,10 +60,6 @@ class TissueAreas:
         )
 
     @property
-    def tumour_mm2(self) -> float:
-        return self.viable_mm2 + self.necrotic_mm2
-
-    @property
     def necrosis_rate(self) -> float | None:
         """Necrotic / (necrotic + viable), percent; None when there is no tumour at all."""
         return necrosis_rate_percent(self.necrotic_mm2, self.viable_mm2)
@@ -71,12 +75,22 @@ def necrosis_rate_percent(necrotic_mm2: float, viable_mm2: float) -> float | Non
     return 100.0 * necrotic_mm2 / tumour
 
 
-def huvos_grade(rate_percent: float | None, viable_mm2: float | None = None) -> str | None:
+def huvos_grade(rate_percent: float | None, viable_tiles: int | None = None) -> str | None:
     """Huvos grade (``I``..``IV``) for a necrosis rate in percent.
 
-    Grade IV means no viable tumour at all: it is given only when ``viable_mm2`` is 0 (or,
-    without areas, when the rate is exactly 100). A rate that rounds to 100 % but still has
-    viable tumour is grade III.
+    Grade IV means no viable tumour. Expected areas from class probabilities are never
+    exactly 0, so "no viable tumour" is decided from the *predicted classes*: grade IV when
+    the rate is at least 90 % and no tile is classified viable (``viable_tiles == 0``). The
+    detection limit is therefore one tile of the model's field of view: a viable focus smaller
+    than a tile's tissue area can be missed (the report states the tile size). Without tile
+    counts, grade IV needs a rate of exactly 100 %.
+
+    Parameters
+    ----------
+    rate_percent:
+        Necrosis rate, percent (0..100), or None without tumour.
+    viable_tiles:
+        Number of tiles whose most probable class is viable tumour.
     """
     if rate_percent is None:
         return None
@@ -86,8 +100,19 @@ def huvos_grade(rate_percent: float | None, viable_mm2: float | None = None) -> 
         return "I"
     if rate_percent < 90.0:
         return "II"
-    no_viable = viable_mm2 == 0.0 if viable_mm2 is not None else rate_percent == 100.0
+    no_viable = viable_tiles == 0 if viable_tiles is not None else rate_percent == 100.0
     return "IV" if no_viable else "III"
+
+
+def predicted_class_counts(probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Tiles per tissue class by most probable class, for every class of
+    :data:`TISSUE_CLASSES` (0 where none)."""
+    counts = dict.fromkeys(TISSUE_CLASSES, 0)
+    if len(probabilities):
+        winners = np.asarray(probabilities).argmax(axis=1)
+        for column, name in enumerate(classes):
+            counts[name] += int((winners == column).sum())
+    return counts
 
 
 def responder(rate_percent: float | None) -> str | None:

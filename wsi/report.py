@@ -20,27 +20,20 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from osteomics.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
-from osteomics.wsi.necrosis import NECROTIC, NON_TUMOUR, TISSUE_CLASSES, VIABLE
+from osteomics.wsi.necrosis import CLASS_STYLE, TISSUE_CLASSES
 
 if TYPE_CHECKING:
-    from osteomics.wsi.scoring import CaseNecrosis, NecrosisRun, SlideNecrosis, SlideTiles
+    from osteomics.wsi.results import CaseNecrosis, NecrosisRun, SlideNecrosis, SlideTiles
 
 log = logging.getLogger(__name__)
 
-#: Display name and colour of each tissue class (maps, legend, QuPath classes).
-CLASS_STYLE: dict[str, tuple[str, tuple[int, int, int]]] = {
-    VIABLE: ("Viable tumour", (214, 39, 40)),
-    NECROTIC: ("Necrotic tumour", (255, 196, 0)),
-    NON_TUMOUR: ("Non-tumour", (31, 119, 180)),
-}
-
 SLIDE_COLUMNS = [
     "slide", "case", "path", "status", "reason", "n_tiles", "tile_um", "mpp", "backend",
-    "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "necrosis_rate",
+    "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "necrosis_rate", "viable_tiles",
 ]  # fmt: skip
 CASE_COLUMNS = [
     "case", "status", "reason", "n_slides", "necrosis_rate", "ci_low", "ci_high", "huvos_grade",
-    "responder", "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "slides",
+    "responder", "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "viable_tiles", "slides",
 ]  # fmt: skip
 
 
@@ -143,7 +136,9 @@ def report_html(run: NecrosisRun, heatmaps: dict[str, bytes]) -> str:
         f"(weights sha256 {html.escape(str(run.model_card.get('weights_sha256', ''))[:16])}…), "
         f"run {html.escape(run.started)}. Necrosis rate = necrotic / (necrotic + viable tumour) "
         "area; non-tumour tissue is excluded. Huvos I &lt; 50 %, II 50-89 %, III 90-99 %, "
-        "IV 100 %; good responder &ge; 90 %. The interval is a 95 % bootstrap over tiles: it "
+        "IV no viable tumour: here, no tile classified viable (detection limit: one tile of "
+        "the model's field of view, so a smaller viable focus can be missed); good responder "
+        "&ge; 90 %. The interval is a 95 % bootstrap over tiles: it "
         "covers which tiles were sampled, not the classifier's own error (see the model card "
         "for its cross-validated accuracy).</p>",
     ]

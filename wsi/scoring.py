@@ -2,8 +2,9 @@
 
 Per slide, a *plan* task reads the thumbnail, finds tissue and lays the grid at the model's
 µm/px and input size; *batch* tasks read ``batch_tiles`` tiles and return only their class
-probabilities (tiles are never written to disk); a *hash* task records the input files. The
-model is loaded once per worker process and kept. Slide areas per tissue class are expected
+probabilities (tiles are never written to disk); a *side* task records the input files
+(:mod:`osteomics.wsi.runner` drives them). The model is loaded once per worker process and
+kept. Slide areas per tissue class are expected
 areas (tile tissue area split by calibrated probabilities); a case is the area-weighted sum
 over its slides, with a bootstrap interval over all its tiles.
 
@@ -15,178 +16,46 @@ from __future__ import annotations
 
 import csv
 import logging
-import time
-import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from osteomics import OsteomicsError
 from osteomics.core.files import ensure_writable
-from osteomics.core.provenance import input_records, software_versions, utc_now
-from osteomics.wsi.cluster import (
-    TaskFailure,
-    dask_client,
-    explained_failures,
-    failure_reason,
-    peak_rss_mb,
-    worker_slide,
-)
-from osteomics.wsi.errors import WsiError
-from osteomics.wsi.grid import plan_slide
+from osteomics.core.provenance import input_records, utc_now
+from osteomics.wsi.cluster import worker_slide
+from osteomics.wsi.errors import OutputNotWritableError, WsiError
+from osteomics.wsi.grid import SlidePlan, plan_slide, read_tiles
 from osteomics.wsi.necrosis import (
+    VIABLE,
     TissueAreas,
     areas_from_tiles,
     bootstrap_rate_interval,
     huvos_grade,
+    predicted_class_counts,
     responder,
     tile_areas,
 )
-from osteomics.wsi.sources import IgnoredFile, SlideSource, find_slides
-from osteomics.wsi.tiling import ProgressCallback, SlideProgress, read_tiles
+from osteomics.wsi.report import write_necrosis_outputs
+from osteomics.wsi.results import (
+    CaseNecrosis,
+    NecrosisParameters,
+    NecrosisRun,
+    SlideNecrosis,
+    SlideTiles,
+)
+from osteomics.wsi.runner import ProgressCallback, SlideOutcome, TileBatch, run_slide_job
+from osteomics.wsi.sources import SlideSource, find_slides
+
+__all__ = ["CaseNecrosis", "NecrosisParameters", "NecrosisRun", "SlideNecrosis", "score_slides"]
 
 log = logging.getLogger(__name__)
 
 
 class CasesFileError(WsiError, ValueError):
     """The cases CSV is missing, unreadable or lacks the ``slide`` and ``case`` columns."""
-
-
-@dataclass(frozen=True)
-class NecrosisParameters:
-    """Settings of a necrosis run.
-
-    Attributes
-    ----------
-    model:
-        Registry name (``default``) or a folder with ``model.safetensors`` and
-        ``model_card.json``.
-    backend, mpp_override:
-        Slide reader and level-0 µm/px override, as for tiling.
-    min_tissue:
-        Tiles with less tissue than this fraction are not scored.
-    thumbnail_px, batch_tiles:
-        Thumbnail size for tissue detection; tiles per Dask task.
-    bootstrap_resamples, confidence, seed:
-        The case-rate interval: percentile bootstrap over tiles.
-    """
-
-    model: str = "default"
-    backend: str = "auto"
-    mpp_override: float | None = None
-    min_tissue: float = 0.5
-    thumbnail_px: int = 1024
-    batch_tiles: int = 64
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class SlideNecrosis:
-    """One slide's result row (``necrosis_slides.csv``)."""
-
-    slide: str
-    case: str
-    path: str
-    status: str = "pending"
-    reason: str = ""
-    backend: str | None = None
-    mpp: float | None = None
-    n_tiles: int = 0
-    tile_um: float | None = None
-    viable_mm2: float | None = None
-    necrotic_mm2: float | None = None
-    non_tumour_mm2: float | None = None
-    necrosis_rate: float | None = None
-    seconds: float = 0.0
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class SlideTiles:
-    """Per-tile data of a scored slide (kept in memory for maps, exports and the interval)."""
-
-    x_px: np.ndarray
-    y_px: np.ndarray
-    side_px: float
-    tissue_fraction: np.ndarray
-    probabilities: np.ndarray
-    classes: tuple[str, ...]
-    """Tissue class of each probability column."""
-    area_mm2: np.ndarray
-    """(n_tiles, 3) expected viable / necrotic / non-tumour area per tile."""
-    thumbnail: np.ndarray
-    thumbnail_downsample: float
-
-
-@dataclass
-class CaseNecrosis:
-    """One case's result row (``necrosis_cases.csv``)."""
-
-    case: str
-    status: str
-    reason: str
-    n_slides: int
-    necrosis_rate: float | None
-    ci_low: float | None
-    ci_high: float | None
-    huvos_grade: str | None
-    responder: str | None
-    viable_mm2: float | None
-    necrotic_mm2: float | None
-    non_tumour_mm2: float | None
-    slides: list[str]
-
-
-@dataclass
-class NecrosisRun:
-    out_dir: str
-    parameters: NecrosisParameters
-    model_card: dict[str, Any]
-    slides: list[SlideNecrosis]
-    ignored: list[IgnoredFile]
-    started: str
-    cases: list[CaseNecrosis] = field(default_factory=list)
-    tiles: dict[str, SlideTiles] = field(default_factory=dict, repr=False)
-    finished: str | None = None
-    interrupted: bool = False
-    workers: int | None = None
-    scheduler: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.interrupted and all(s.status == "ok" for s in self.slides)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "command": "necrosis",
-            "out_dir": self.out_dir,
-            "started": self.started,
-            "finished": self.finished,
-            "interrupted": self.interrupted,
-            "parameters": self.parameters.to_dict(),
-            "model": self.model_card,
-            "workers": self.workers,
-            "scheduler": self.scheduler,
-            "software": software_versions(),
-            "summary": {
-                "slides": len(self.slides),
-                "ok": sum(s.status == "ok" for s in self.slides),
-                "error": sum(s.status == "error" for s in self.slides),
-                "cases": len(self.cases),
-                "cases_ok": sum(c.status == "ok" for c in self.cases),
-            },
-            "cases": [asdict(c) for c in self.cases],
-            "slides": [asdict(s) for s in self.slides],
-            "ignored": [{"path": str(i.path), "reason": i.reason} for i in self.ignored],
-        }
 
 
 # --------------------------------------------------------------------------------------
@@ -227,7 +96,7 @@ def case_of(source: SlideSource, cases: dict[str, str] | None) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
-# Work done on the workers
+# The necrosis job (see osteomics.wsi.runner for how it is driven)
 # --------------------------------------------------------------------------------------
 _MODELS: dict[str, Any] = {}
 
@@ -245,77 +114,45 @@ def _worker_model(model_dir: str) -> Any:
 
 
 @dataclass(frozen=True)
-class _Planned:
-    backend: str
-    mpp: float
-    read_level: int
-    read_px: int
-    tile_um: float
-    x_px: np.ndarray
-    y_px: np.ndarray
-    tissue_fraction: np.ndarray
-    thumbnail: np.ndarray
-    thumbnail_downsample: float
+class NecrosisTasks:
+    """Tiles stream through the classifier; only class probabilities come back."""
 
+    params: NecrosisParameters
+    model_dir: str
+    input_mpp: float
+    input_px: int
 
-@explained_failures
-def _plan(source: SlideSource, params: NecrosisParameters, input_mpp: float, input_px: int) -> Any:
-    slide = worker_slide(source, params.backend, params.mpp_override)
-    plan = plan_slide(
-        slide, input_mpp, input_px, 0, params.min_tissue, thumbnail_px=params.thumbnail_px
-    )
-    grid = plan.grid
-    return _Planned(
-        plan.backend,
-        plan.mpp,
-        grid.read_level,
-        grid.read_px,
-        grid.tile_um,
-        grid.x_px,
-        grid.y_px,
-        grid.tissue_fraction,
-        plan.thumbnail,
-        plan.tissue.downsample,
-    )
+    @property
+    def batch_tiles(self) -> int:
+        return self.params.batch_tiles
 
+    def plan(self, source: SlideSource) -> SlidePlan:
+        p = self.params
+        slide = worker_slide(source, p.backend, p.mpp_override)
+        return plan_slide(
+            slide, self.input_mpp, self.input_px, 0, p.min_tissue, thumbnail_px=p.thumbnail_px
+        )
 
-@explained_failures
-def _hash_inputs(source: SlideSource) -> list[dict[str, Any]]:
-    return input_records(source.files)
+    def plan_summary(self, plan: SlidePlan) -> None:
+        return None
 
+    def run_batch(self, source: SlideSource, plan_summary: None, batch: TileBatch) -> np.ndarray:
+        from osteomics.wsi.model import predict_tiles
 
-@explained_failures
-def _score_batch(
-    source: SlideSource,
-    params: NecrosisParameters,
-    model_dir: str,
-    x_px: np.ndarray,
-    y_px: np.ndarray,
-    read_level: int,
-    read_px: int,
-) -> tuple[np.ndarray, float]:
-    from osteomics.wsi.model import predict_tiles
+        model, card = _worker_model(self.model_dir)
+        slide = worker_slide(source, self.params.backend, self.params.mpp_override)
+        tiles = read_tiles(
+            slide, batch.x_px, batch.y_px, batch.read_level, batch.read_px, card.input_px
+        )
+        return predict_tiles(model, card, tiles).astype(np.float32)
 
-    model, card = _worker_model(model_dir)
-    slide = worker_slide(source, params.backend, params.mpp_override)
-    tiles = read_tiles(slide, x_px, y_px, read_level, read_px, card.input_px)
-    return predict_tiles(model, card, tiles).astype(np.float32), peak_rss_mb()
+    def side_task(self, source: SlideSource, plan: SlidePlan) -> list[dict[str, Any]]:
+        return input_records(source.files, role="slide")
 
 
 # --------------------------------------------------------------------------------------
 # The run, on the client
 # --------------------------------------------------------------------------------------
-@dataclass
-class _State:
-    source: SlideSource
-    row: SlideNecrosis
-    started: float
-    planned: _Planned | None = None
-    probabilities: list[np.ndarray | None] = field(default_factory=list)
-    batches_done: int = 0
-    futures: list[Any] = field(default_factory=list)
-
-
 def score_slides(
     paths: list[Path],
     out_dir: Path,
@@ -346,8 +183,9 @@ def score_slides(
     -------
     NecrosisRun
         Slide and case rows; a failed slide is an ``error`` row and makes its case an error.
+        When ``out_dir`` cannot be written every slide is an error row and nothing runs.
     """
-    from osteomics.wsi.model import load_model, resolve_model
+    from osteomics.wsi.model import load_model, resolve_model, tissue_classes_of
 
     params = params or NecrosisParameters()
     out_dir = Path(out_dir)
@@ -377,149 +215,73 @@ def score_slides(
         workers=workers,
         scheduler=scheduler,
     )
-    ensure_writable(out_dir)
+    try:
+        ensure_writable(out_dir)
+    except OutputNotWritableError as exc:
+        for row in run.slides:
+            row.status, row.reason = "error", str(exc)
+        run.cases = aggregate_cases(run, params)
+        run.finished = utc_now()
+        return run
     pending = [(s, r) for s, r in zip(sources, rows, strict=True) if r.status == "pending"]
     if pending:
-        if client is not None:
-            _run_on_client(client, pending, params, str(model_dir), card, run, progress)
-        else:
-            with dask_client(workers, scheduler) as own_client:
-                _run_on_client(own_client, pending, params, str(model_dir), card, run, progress)
+        classes = tuple(tissue_classes_of(card))
+        tasks = NecrosisTasks(params, str(model_dir), card.input_mpp, card.input_px)
+        outcome = run_slide_job(
+            tasks,
+            [s for s, _ in pending],
+            client=client,
+            workers=workers,
+            scheduler=scheduler,
+            progress=progress,
+        )
+        run.interrupted = outcome.interrupted
+        run.workers = outcome.workers or run.workers
+        for (_, row), slide in zip(pending, outcome.slides, strict=True):
+            if slide.status == "ok":
+                run.tiles[row.slide] = _fill_slide_row(row, slide, classes)
+            else:
+                row.status, row.reason, row.seconds = "error", slide.reason, slide.seconds
     run.cases = aggregate_cases(run, params)
     run.finished = utc_now()
-    from osteomics.wsi.report import write_necrosis_outputs
-
     write_necrosis_outputs(run, out_dir)
     return run
 
 
-def _run_on_client(
-    client: Any,
-    pending: list[tuple[SlideSource, SlideNecrosis]],
-    params: NecrosisParameters,
-    model_dir: str,
-    card: Any,
-    run: NecrosisRun,
-    progress: ProgressCallback | None,
-) -> None:
-    from dask.distributed import as_completed
-
-    states: dict[str, _State] = {}
-    owner: dict[str, tuple[_State, str, int]] = {}
-    completed = as_completed()
-
-    def submit(state: _State, kind: str, index: int, fn: Any, *args: Any) -> None:
-        fut = client.submit(
-            fn, *args, key=f"{kind}-{state.source.name}-{uuid.uuid4().hex}", pure=False
-        )
-        state.futures.append(fut)
-        owner[fut.key] = (state, kind, index)
-        completed.add(fut)
-
-    for source, row in pending:
-        state = _State(source, row, time.perf_counter())
-        states[source.name] = state
-        submit(state, "plan", 0, _plan, source, params, card.input_mpp, card.input_px)
-        submit(state, "hash", 0, _hash_inputs, source)
-
-    try:
-        for fut in completed:
-            state, kind, index = owner.pop(fut.key)
-            if state.row.status == "error":
-                continue
-            try:
-                value = fut.result()
-                if isinstance(value, TaskFailure):
-                    raise OsteomicsError(value.reason)
-            except Exception as exc:
-                _fail(state, failure_reason(exc), progress)
-                client.cancel([f for f in state.futures if not f.done()])
-                continue
-            if kind == "hash":
-                state.row.inputs = value
-            elif kind == "plan":
-                state.planned = value
-                starts = range(0, len(value.x_px), params.batch_tiles)
-                state.probabilities = [None] * len(starts)
-                for i, first in enumerate(starts):
-                    sl = slice(first, first + params.batch_tiles)
-                    submit(
-                        state,
-                        "batch",
-                        i,
-                        _score_batch,
-                        state.source,
-                        params,
-                        model_dir,
-                        value.x_px[sl],
-                        value.y_px[sl],
-                        value.read_level,
-                        value.read_px,
-                    )
-            else:
-                state.probabilities[index] = value[0]
-                state.batches_done += 1
-            if state.planned is not None and progress:
-                done = sum(len(p) for p in state.probabilities if p is not None)
-                progress(SlideProgress(state.source.name, done, len(state.planned.x_px), "running"))
-            if (
-                state.planned is not None
-                and state.row.inputs
-                and state.batches_done == len(state.probabilities)
-            ):
-                _finish(state, card, run, progress)
-    except KeyboardInterrupt:
-        run.interrupted = True
-        client.cancel([f for s in states.values() for f in s.futures if not f.done()])
-        for state in states.values():
-            if state.row.status == "pending":
-                _fail(state, "interrupted (Ctrl-C) before this slide finished", progress)
-
-
-def _finish(state: _State, card: Any, run: NecrosisRun, progress: ProgressCallback | None) -> None:
-    from osteomics.wsi.model import tissue_classes_of
-
-    planned = state.planned
-    assert planned is not None
-    probabilities = np.concatenate([p for p in state.probabilities if p is not None])
-    classes = tissue_classes_of(card)
-    side_px = planned.tile_um / planned.mpp
-    tissue_mm2 = (planned.tile_um / 1000.0) ** 2 * planned.tissue_fraction.astype(np.float64)
+def _fill_slide_row(
+    row: SlideNecrosis, outcome: SlideOutcome, classes: tuple[str, ...]
+) -> SlideTiles:
+    """Fill a finished slide's row from its outcome; return its per-tile data."""
+    plan = outcome.plan
+    assert plan is not None
+    grid = plan.grid
+    probabilities = np.concatenate(outcome.batch_results)
+    tissue_mm2 = (grid.tile_um / 1000.0) ** 2 * grid.tissue_fraction.astype(np.float64)
     per_tile = tile_areas(probabilities, tissue_mm2, classes)
     areas = areas_from_tiles(per_tile)
-    row = state.row
     row.status = "ok"
-    row.backend = planned.backend
-    row.mpp = planned.mpp
-    row.n_tiles = len(planned.x_px)
-    row.tile_um = planned.tile_um
+    row.backend = plan.backend
+    row.mpp = plan.mpp
+    row.n_tiles = len(grid)
+    row.tile_um = grid.tile_um
     row.viable_mm2 = areas.viable_mm2
     row.necrotic_mm2 = areas.necrotic_mm2
     row.non_tumour_mm2 = areas.non_tumour_mm2
     row.necrosis_rate = areas.necrosis_rate
-    row.seconds = round(time.perf_counter() - state.started, 3)
-    run.tiles[row.slide] = SlideTiles(
-        planned.x_px,
-        planned.y_px,
-        side_px,
-        planned.tissue_fraction,
+    row.viable_tiles = predicted_class_counts(probabilities, classes)[VIABLE]
+    row.inputs = outcome.side_result
+    row.seconds = outcome.seconds
+    return SlideTiles(
+        grid.x_px,
+        grid.y_px,
+        grid.tile_um / plan.mpp,
+        grid.tissue_fraction,
         probabilities,
-        tuple(classes),
+        classes,
         per_tile,
-        planned.thumbnail,
-        planned.thumbnail_downsample,
+        plan.thumbnail,
+        plan.tissue.downsample,
     )
-    if progress:
-        progress(SlideProgress(row.slide, row.n_tiles, row.n_tiles, "ok"))
-
-
-def _fail(state: _State, reason: str, progress: ProgressCallback | None) -> None:
-    state.row.status = "error"
-    state.row.reason = reason
-    state.row.seconds = round(time.perf_counter() - state.started, 3)
-    log.info("%s: %s", state.source.name, reason)
-    if progress:
-        progress(SlideProgress(state.source.name, 0, 0, "error"))
 
 
 def aggregate_cases(run: NecrosisRun, params: NecrosisParameters) -> list[CaseNecrosis]:
@@ -547,6 +309,7 @@ def aggregate_cases(run: NecrosisRun, params: NecrosisParameters) -> list[CaseNe
             total = total + TissueAreas(s.viable_mm2 or 0.0, s.necrotic_mm2 or 0.0,
                                         s.non_tumour_mm2 or 0.0)  # fmt: skip
         rate = total.necrosis_rate
+        viable_tiles = sum(s.viable_tiles or 0 for s in slides)
         per_tile = np.concatenate([run.tiles[s.slide].area_mm2 for s in slides])
         interval = bootstrap_rate_interval(
             per_tile, params.bootstrap_resamples, params.confidence, params.seed
@@ -561,12 +324,13 @@ def aggregate_cases(run: NecrosisRun, params: NecrosisParameters) -> list[CaseNe
                 necrosis_rate=rate,
                 ci_low=interval[0] if interval else None,
                 ci_high=interval[1] if interval else None,
-                huvos_grade=huvos_grade(rate, total.viable_mm2),
+                huvos_grade=huvos_grade(rate, viable_tiles),
                 responder=responder(rate),
                 viable_mm2=total.viable_mm2,
                 necrotic_mm2=total.necrotic_mm2,
                 non_tumour_mm2=total.non_tumour_mm2,
                 slides=names,
+                viable_tiles=viable_tiles,
             )
         )
     return out

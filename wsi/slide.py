@@ -131,6 +131,11 @@ class RawSlideMetadata:
     properties: dict[str, str]
 
 
+#: Side, in pixels of the level read, of the blocks :meth:`Slide.read_tiles` reads at once
+#: (about 20 MB of RGBA per block).
+BLOCK_READ_PX = 2048
+
+
 class Slide(ABC):
     """A whole-slide image opened by one reader backend.
 
@@ -180,6 +185,14 @@ class Slide(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def stored_tile_px(self, level: int) -> tuple[int, int] | None:
+        """(width, height) of the tiles the file stores at ``level``, if the reader knows.
+
+        Block reads (:meth:`read_tiles`) align their regions to these tiles, so each stored
+        tile is decoded once per block. Readers that do not know return None.
+        """
+        return None
+
     # -- the interface everyone else uses ---------------------------------------------
     @property
     def info(self) -> SlideInfo:
@@ -222,6 +235,63 @@ class Slide(ABC):
                 "The file is damaged or truncated: re-export or re-scan the slide."
             ) from exc
         return rgba_to_rgb(region)
+
+    def read_tiles(
+        self, x_px: np.ndarray, y_px: np.ndarray, level: int, size_px: int
+    ) -> np.ndarray:
+        """Read square tiles by reading the regions that cover several of them at once.
+
+        The tiles (level-0 corners ``x_px``, ``y_px``; ``size_px`` pixels of ``level``) are
+        grouped into blocks of about :data:`BLOCK_READ_PX` pixels of ``level``; each block is
+        read with one :meth:`read_region`, widened to the stored tile grid (so a stored tile
+        is decoded once per block, not once per tile that touches it), and the tiles are cut
+        out of it. The pixels are those of one :meth:`read_region` per tile: where a corner
+        does not fall on a whole pixel of ``level`` (fractional downsamples), tiles are read
+        one by one, as the reader rounds them.
+
+        Returns
+        -------
+        numpy.ndarray
+            uint8, shape (n, size_px, size_px, 3), in the order of ``x_px``.
+        """
+        x_px = np.asarray(x_px, dtype=np.int64)
+        y_px = np.asarray(y_px, dtype=np.int64)
+        out = np.empty((len(x_px), size_px, size_px, 3), dtype=np.uint8)
+        if len(x_px) == 0:
+            return out
+        lv = self.info.levels[level]
+        x_level = x_px / lv.downsample
+        y_level = y_px / lv.downsample
+        on_pixels = np.array_equal(x_level, np.round(x_level)) and np.array_equal(
+            y_level, np.round(y_level)
+        )
+        if lv.downsample != round(lv.downsample) or not on_pixels:
+            for i, (x, y) in enumerate(zip(x_px.tolist(), y_px.tolist(), strict=True)):
+                out[i] = self.read_region((x, y), level, (size_px, size_px))
+            return out
+        xl = np.round(x_level).astype(np.int64)
+        yl = np.round(y_level).astype(np.int64)
+        stored_w, stored_h = self.stored_tile_px(level) or (1, 1)
+        span_x = max(stored_w, BLOCK_READ_PX // stored_w * stored_w)
+        span_y = max(stored_h, BLOCK_READ_PX // stored_h * stored_h)
+        blocks: dict[tuple[int, int], list[int]] = {}
+        for i, key in enumerate(zip((xl // span_x).tolist(), (yl // span_y).tolist(), strict=True)):
+            blocks.setdefault(key, []).append(i)
+        for members in blocks.values():
+            idx = np.asarray(members)
+            x0 = int(xl[idx].min()) // stored_w * stored_w
+            y0 = int(yl[idx].min()) // stored_h * stored_h
+            x1 = min(-(-int(xl[idx].max() + size_px) // stored_w) * stored_w, lv.width_px)
+            y1 = min(-(-int(yl[idx].max() + size_px) // stored_h) * stored_h, lv.height_px)
+            x1 = max(x1, int(xl[idx].max()) + size_px)  # a tile is never cut by the clip
+            y1 = max(y1, int(yl[idx].max()) + size_px)
+            region = self.read_region(
+                (round(x0 * lv.downsample), round(y0 * lv.downsample)), level, (x1 - x0, y1 - y0)
+            )
+            for i in members:
+                dx, dy = int(xl[i]) - x0, int(yl[i]) - y0
+                out[i] = region[dy : dy + size_px, dx : dx + size_px]
+        return out
 
     def associated_image(self, name: str) -> np.ndarray:
         """Read an associated image (label, macro, thumbnail) as RGB uint8."""

@@ -18,31 +18,29 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from osteomics import OsteomicsError
 from osteomics.core.files import ensure_writable, write_json_atomic
-from osteomics.core.provenance import input_records, quick_fingerprint, software_versions, utc_now
-from osteomics.wsi.cluster import (
-    TaskFailure,
-    dask_client,
-    explained_failures,
-    failure_reason,
-    peak_rss_mb,
-    worker_slide,
-)
+from osteomics.core.provenance import input_records, provenance, quick_fingerprint, utc_now
+from osteomics.wsi.cluster import dask_client, worker_slide
 from osteomics.wsi.errors import OutputNotWritableError
-from osteomics.wsi.grid import TileGrid, plan_slide
-from osteomics.wsi.slide import Slide
+from osteomics.wsi.grid import SlidePlan, TileGrid, plan_slide, read_tiles
+from osteomics.wsi.runner import (
+    ProgressCallback,
+    SlideOutcome,
+    SlideProgress,
+    TileBatch,
+    run_slide_job,
+)
 from osteomics.wsi.sources import IgnoredFile, SlideSource, find_slides
 from osteomics.wsi.tilestore import create_tile_array, write_tile_batch
+
+__all__ = ["SlideProgress", "TilingParameters", "TilingRun", "dask_client", "tile_slides"]
 
 log = logging.getLogger(__name__)
 
@@ -136,112 +134,134 @@ class TilingRun:
         return sum(r.n_tiles for r in self.results if r.status == "ok")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "command": "tile",
-            "out_dir": self.out_dir,
-            "started": self.started,
-            "finished": self.finished,
-            "interrupted": self.interrupted,
-            "parameters": self.parameters.to_dict(),
-            "workers": self.workers,
-            "scheduler": self.scheduler,
-            "software": software_versions(),
-            "summary": {
-                "slides": len(self.results),
-                "ok": sum(r.status == "ok" for r in self.results),
-                "error": sum(r.status == "error" for r in self.results),
-                "resumed": sum(r.resumed for r in self.results),
-                "tiles": self.n_tiles,
+        record = provenance(
+            "tile",
+            parameters=self.parameters.to_dict(),
+            started=self.started,
+            finished=self.finished,
+            inputs=[i for r in self.results for i in r.inputs],
+            workers=self.workers,
+            scheduler=self.scheduler,
+        )
+        record.update(
+            {
+                "out_dir": self.out_dir,
+                "interrupted": self.interrupted,
+                "summary": {
+                    "slides": len(self.results),
+                    "ok": sum(r.status == "ok" for r in self.results),
+                    "error": sum(r.status == "error" for r in self.results),
+                    "resumed": sum(r.resumed for r in self.results),
+                    "tiles": self.n_tiles,
+                },
+                "slides": [asdict(r) for r in self.results],
+                "ignored": [{"path": str(i.path), "reason": i.reason} for i in self.ignored],
+            }
+        )
+        return record
+
+
+# --------------------------------------------------------------------------------------
+# The tiling job (see osteomics.wsi.runner for how it is driven)
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TilingTasks:
+    """Tiles to zarr in a staging folder per slide (the worker side of the tiling job)."""
+
+    params: TilingParameters
+    staging: dict[str, Path]
+    """Slide name -> its staging folder (under ``out_dir/.staging``)."""
+
+    @property
+    def batch_tiles(self) -> int:
+        return self.params.batch_tiles
+
+    def plan(self, source: SlideSource) -> SlidePlan:
+        p = self.params
+        slide = worker_slide(source, p.backend, p.mpp_override)
+        plan = plan_slide(
+            slide, p.target_mpp, p.tile_px, p.overlap_px, p.min_tissue, p.thumbnail_px
+        )
+        grid = plan.grid
+        create_tile_array(
+            self.staging[source.name] / "tiles.zarr",
+            len(grid),
+            p.tile_px,
+            p.batch_tiles,
+            {
+                "slide": source.name,
+                "mpp": p.target_mpp,
+                "tile_px": p.tile_px,
+                "tile_um": grid.tile_um,
+                "read_level": grid.read_level,
+                "backend": plan.backend,
+                "index": "row i is row i of tiles.parquet",
             },
-            "slides": [asdict(r) for r in self.results],
-            "ignored": [{"path": str(i.path), "reason": i.reason} for i in self.ignored],
-        }
+        )
+        return plan
+
+    def plan_summary(self, plan: SlidePlan) -> None:
+        return None
+
+    def run_batch(self, source: SlideSource, plan_summary: None, batch: TileBatch) -> int:
+        p = self.params
+        slide = worker_slide(source, p.backend, p.mpp_override)
+        tiles = read_tiles(slide, batch.x_px, batch.y_px, batch.read_level, batch.read_px,
+                           p.tile_px)  # fmt: skip
+        write_tile_batch(self.staging[source.name] / "tiles.zarr", batch.first_tile, tiles)
+        return len(tiles)
+
+    def side_task(self, source: SlideSource, plan: SlidePlan) -> list[dict[str, Any]]:
+        """PNGs, tile table and input hashes, in parallel with the tile batches."""
+        from PIL import Image
+
+        staging = self.staging[source.name]
+        Image.fromarray(plan.thumbnail).save(staging / "thumbnail.png")
+        Image.fromarray(plan.tissue.mask.astype(np.uint8) * 255).save(staging / "tissue.png")
+        _tile_table(plan.grid).to_parquet(staging / "tiles.parquet", index=False)
+        return input_records(source.files, role="slide")
 
 
-@dataclass(frozen=True)
-class SlideProgress:
-    """Progress event for the CLI's progress bar."""
-
-    slide: str
-    tiles_done: int
-    tiles_total: int
-    status: str
-
-
-ProgressCallback = Callable[[SlideProgress], None]
-
-
-# --------------------------------------------------------------------------------------
-# Work done on the workers
-# --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Planned:
-    backend: str
-    mpp: float
-    read_level: int
-    read_px: int
-    tile_um: float
-    tissue_fraction: float
-    x_px: np.ndarray
-    y_px: np.ndarray
-    thumbnail: np.ndarray
-    tissue_mask: np.ndarray
-    tile_table: Any
+def _finish_slide(
+    outcome: SlideOutcome, params: TilingParameters, staging: Path, final: Path
+) -> None:
+    """Write the completion marker and move the finished staging folder into place."""
+    marker = {
+        "slide": outcome.source.name,
+        "parameters": params.to_dict(),
+        "input_fingerprint": quick_fingerprint(outcome.source.files),
+        "result": asdict(slide_result(outcome, final)),
+        "finished": utc_now(),
+    }
+    try:
+        write_json_atomic(staging / COMPLETION_MARKER, marker)
+        _replace_dir(staging, final)
+    except OSError as exc:
+        raise OutputNotWritableError(
+            f"cannot write results to {final}: {exc}; free space or choose another --out"
+        ) from exc
 
 
-@explained_failures
-def _plan_slide(source: SlideSource, params: TilingParameters, staging: str) -> _Planned:
-    """Thumbnail, tissue mask and tile grid; creates the empty tile array."""
-    slide = worker_slide(source, params.backend, params.mpp_override)
-    plan = plan_slide(
-        slide,
-        params.target_mpp,
-        params.tile_px,
-        params.overlap_px,
-        params.min_tissue,
-        params.thumbnail_px,
-    )
-    grid, tissue = plan.grid, plan.tissue
-    create_tile_array(
-        Path(staging) / "tiles.zarr",
-        len(grid),
-        params.tile_px,
-        params.batch_tiles,
-        {
-            "slide": source.name,
-            "mpp": params.target_mpp,
-            "tile_px": params.tile_px,
-            "tile_um": grid.tile_um,
-            "read_level": grid.read_level,
-            "backend": plan.backend,
-            "index": "row i is row i of tiles.parquet",
-        },
-    )
-    return _Planned(
+def slide_result(outcome: SlideOutcome, final: Path) -> SlideTilingResult:
+    """The run.json row of a slide that came out whole."""
+    plan = outcome.plan
+    assert plan is not None
+    grid = plan.grid
+    return SlideTilingResult(
+        slide=outcome.source.name,
+        path=str(outcome.source.path),
+        status="ok",
         backend=plan.backend,
+        n_tiles=len(grid),
         mpp=plan.mpp,
         read_level=grid.read_level,
-        read_px=grid.read_px,
         tile_um=grid.tile_um,
-        tissue_fraction=tissue.tissue_fraction,
-        x_px=grid.x_px,
-        y_px=grid.y_px,
-        thumbnail=plan.thumbnail,
-        tissue_mask=tissue.mask,
-        tile_table=_tile_table(grid),
+        tissue_fraction=plan.tissue.tissue_fraction,
+        inputs=outcome.side_result,
+        seconds=outcome.seconds,
+        output=str(final),
+        peak_worker_rss_mb=outcome.peak_worker_rss_mb,
     )
-
-
-@explained_failures
-def _write_extras(source: SlideSource, planned: _Planned, staging: str) -> list[dict[str, Any]]:
-    """PNGs, tile table and input hashes, in parallel with the tile batches."""
-    from PIL import Image
-
-    staging_dir = Path(staging)
-    Image.fromarray(planned.thumbnail).save(staging_dir / "thumbnail.png")
-    Image.fromarray(planned.tissue_mask.astype(np.uint8) * 255).save(staging_dir / "tissue.png")
-    planned.tile_table.to_parquet(staging_dir / "tiles.parquet", index=False)
-    return input_records(source.files)
 
 
 def _tile_table(grid: TileGrid) -> Any:
@@ -260,67 +280,9 @@ def _tile_table(grid: TileGrid) -> Any:
     )
 
 
-def read_tiles(
-    slide: Slide,
-    x_px: np.ndarray,
-    y_px: np.ndarray,
-    read_level: int,
-    read_px: int,
-    tile_px: int,
-) -> np.ndarray:
-    """Read tiles at their level-0 corners and resample them to ``tile_px`` (Lanczos).
-
-    Returns
-    -------
-    numpy.ndarray
-        uint8, shape (n, tile_px, tile_px, 3).
-    """
-    from PIL import Image
-
-    out = np.empty((len(x_px), tile_px, tile_px, 3), dtype=np.uint8)
-    for i, (x, y) in enumerate(zip(x_px.tolist(), y_px.tolist(), strict=True)):
-        region = slide.read_region((x, y), read_level, (read_px, read_px))
-        if read_px != tile_px:
-            region = np.asarray(
-                Image.fromarray(region).resize((tile_px, tile_px), Image.Resampling.LANCZOS)
-            )
-        out[i] = region
-    return out
-
-
-@explained_failures
-def _tile_batch(
-    source: SlideSource,
-    params: TilingParameters,
-    zarr_path: str,
-    first_tile: int,
-    x_px: np.ndarray,
-    y_px: np.ndarray,
-    read_level: int,
-    read_px: int,
-) -> tuple[int, float]:
-    """Read one batch of tiles and write it as one zarr chunk. Returns (tiles, peak RSS MB)."""
-    slide = worker_slide(source, params.backend, params.mpp_override)
-    tiles = read_tiles(slide, x_px, y_px, read_level, read_px, params.tile_px)
-    write_tile_batch(Path(zarr_path), first_tile, tiles)
-    return len(tiles), peak_rss_mb()
-
-
 # --------------------------------------------------------------------------------------
 # The run, on the client
 # --------------------------------------------------------------------------------------
-@dataclass
-class _SlideState:
-    source: SlideSource
-    result: SlideTilingResult
-    staging: Path
-    started: float
-    planned: _Planned | None = None
-    inputs: list[dict[str, Any]] | None = None
-    tiles_done: int = 0
-    futures: list[Any] = field(default_factory=list)
-
-
 def tile_slides(
     paths: list[Path],
     out_dir: Path,
@@ -374,199 +336,52 @@ def tile_slides(
         run.finished = utc_now()
         return run
 
-    pending = []
-    for source, result in zip(sources, run.results, strict=True):
+    pending: list[tuple[SlideSource, int]] = []
+    for i, (source, result) in enumerate(zip(sources, run.results, strict=True)):
         if _is_up_to_date(out_dir / source.name, source, params, result):
             log.info("%s: up to date, skipped", source.name)
             if progress:
                 progress(SlideProgress(source.name, result.n_tiles, result.n_tiles, "ok"))
             continue
-        pending.append((source, result))
+        pending.append((source, i))
 
     if pending:
-        if client is not None:
-            _run_on_client(client, pending, out_dir, params, run, progress)
-        else:
-            with dask_client(workers, scheduler) as own_client:
-                _run_on_client(own_client, pending, out_dir, params, run, progress)
+        staging_root = out_dir / STAGING_DIR
+        staging_root.mkdir(exist_ok=True)
+        staging = {s.name: staging_root / f"{s.name}-{uuid.uuid4().hex[:8]}" for s, _ in pending}
+        for folder in staging.values():
+            folder.mkdir()
+        try:
+            outcome = run_slide_job(
+                TilingTasks(params, staging),
+                [s for s, _ in pending],
+                finish=lambda o: _finish_slide(
+                    o, params, staging[o.source.name], out_dir / o.source.name
+                ),
+                discard=lambda o: shutil.rmtree(staging[o.source.name], ignore_errors=True),
+                client=client,
+                workers=workers,
+                scheduler=scheduler,
+                progress=progress,
+            )
+        finally:
+            for folder in staging.values():
+                shutil.rmtree(folder, ignore_errors=True)
+            if staging_root.exists() and not any(staging_root.iterdir()):
+                staging_root.rmdir()
+        run.interrupted = outcome.interrupted
+        run.workers = outcome.workers or run.workers
+        for (source, i), slide in zip(pending, outcome.slides, strict=True):
+            if slide.status == "ok":
+                run.results[i] = slide_result(slide, out_dir / source.name)
+            else:
+                r = run.results[i]
+                r.status, r.reason, r.seconds = "error", slide.reason, slide.seconds
     run.finished = utc_now()
     run_json = out_dir / "run.json"
     write_json_atomic(run_json, run.to_dict())
     run.run_json = str(run_json)
     return run
-
-
-def _run_on_client(
-    client: Any,
-    pending: list[tuple[SlideSource, SlideTilingResult]],
-    out_dir: Path,
-    params: TilingParameters,
-    run: TilingRun,
-    progress: ProgressCallback | None,
-) -> None:
-    from dask.distributed import as_completed
-
-    run.workers = len(client.scheduler_info().get("workers", {})) or run.workers
-    staging_root = out_dir / STAGING_DIR
-    staging_root.mkdir(exist_ok=True)
-    states: dict[str, _SlideState] = {}
-    owner: dict[str, tuple[_SlideState, str]] = {}  # key -> (slide, "plan"|"extras"|"batch")
-    completed = as_completed()
-    for source, result in pending:
-        staging = staging_root / f"{source.name}-{uuid.uuid4().hex[:8]}"
-        state = _SlideState(source, result, staging, time.perf_counter())
-        states[source.name] = state
-        try:
-            staging.mkdir()
-        except OSError as exc:
-            _fail(state, f"cannot create {staging}: {exc}; check the output folder", progress)
-            continue
-        fut = client.submit(
-            _plan_slide,
-            source,
-            params,
-            str(staging),
-            key=f"plan-{source.name}-{uuid.uuid4().hex}",
-            pure=False,
-        )
-        state.futures.append(fut)
-        owner[fut.key] = (state, "plan")
-        completed.add(fut)
-
-    try:
-        for fut in completed:
-            state, kind = owner.pop(fut.key)
-            if state.result.status == "error":
-                continue  # a sibling task already failed this slide
-            try:
-                value = fut.result()
-                if isinstance(value, TaskFailure):
-                    raise OsteomicsError(value.reason)
-            except Exception as exc:
-                _fail(state, failure_reason(exc), progress)
-                client.cancel([f for f in state.futures if not f.done()])
-                continue
-            if kind == "plan":
-                state.planned = value
-                for fut_b in _submit_batches(client, state, params):
-                    owner[fut_b.key] = (state, "batch")
-                    completed.add(fut_b)
-                fut_x = client.submit(
-                    _write_extras,
-                    state.source,
-                    value,
-                    str(state.staging),
-                    key=f"extras-{state.source.name}-{uuid.uuid4().hex}",
-                    pure=False,
-                )
-                state.futures.append(fut_x)
-                owner[fut_x.key] = (state, "extras")
-                completed.add(fut_x)
-                if progress:
-                    progress(SlideProgress(state.source.name, 0, len(value.x_px), "running"))
-                continue
-            if kind == "extras":
-                state.inputs = value
-            else:
-                n, peak_mb = value
-                state.tiles_done += n
-                pr = state.result
-                pr.peak_worker_rss_mb = max(pr.peak_worker_rss_mb or 0.0, peak_mb)
-            assert state.planned is not None
-            total = len(state.planned.x_px)
-            if progress and kind == "batch":
-                progress(SlideProgress(state.source.name, state.tiles_done, total, "running"))
-            if state.tiles_done == total and state.inputs is not None:
-                _finish(state, out_dir, params, progress)
-    except KeyboardInterrupt:
-        run.interrupted = True
-        client.cancel([f for s in states.values() for f in s.futures if not f.done()])
-        for state in states.values():
-            if state.result.status == "pending":
-                _fail(
-                    state,
-                    "interrupted (Ctrl-C) before this slide finished; nothing of it was kept. "
-                    "Run the same command again to resume.",
-                    progress,
-                )
-    finally:
-        for state in states.values():
-            shutil.rmtree(state.staging, ignore_errors=True)
-        if staging_root.exists() and not any(staging_root.iterdir()):
-            staging_root.rmdir()
-
-
-def _submit_batches(client: Any, state: _SlideState, params: TilingParameters) -> list[Any]:
-    planned = state.planned
-    assert planned is not None
-    zarr_path = str(state.staging / "tiles.zarr")
-    futures = []
-    for first in range(0, len(planned.x_px), params.batch_tiles):
-        sl = slice(first, first + params.batch_tiles)
-        fut = client.submit(
-            _tile_batch,
-            state.source,
-            params,
-            zarr_path,
-            first,
-            planned.x_px[sl],
-            planned.y_px[sl],
-            planned.read_level,
-            planned.read_px,
-            key=f"tiles-{state.source.name}-{first}-{uuid.uuid4().hex}",
-            pure=False,
-        )
-        futures.append(fut)
-    state.futures.extend(futures)
-    return futures
-
-
-def _finish(
-    state: _SlideState, out_dir: Path, params: TilingParameters, progress: ProgressCallback | None
-) -> None:
-    planned = state.planned
-    assert planned is not None and state.inputs is not None
-    r = state.result
-    r.status = "ok"
-    r.backend = planned.backend
-    r.n_tiles = len(planned.x_px)
-    r.mpp = planned.mpp
-    r.read_level = planned.read_level
-    r.tile_um = planned.tile_um
-    r.tissue_fraction = planned.tissue_fraction
-    r.inputs = state.inputs
-    r.seconds = round(time.perf_counter() - state.started, 3)
-    final = out_dir / state.source.name
-    r.output = str(final)
-    marker = {
-        "slide": state.source.name,
-        "parameters": params.to_dict(),
-        "input_fingerprint": quick_fingerprint(state.source.files),
-        "result": asdict(r),
-        "finished": utc_now(),
-    }
-    try:
-        write_json_atomic(state.staging / COMPLETION_MARKER, marker)
-        _replace_dir(state.staging, final)
-    except OSError as exc:
-        _fail(
-            state,
-            f"cannot write results to {final}: {exc}; free space or choose another --out",
-            progress,
-        )
-        return
-    if progress:
-        progress(SlideProgress(state.source.name, r.n_tiles, r.n_tiles, "ok"))
-
-
-def _fail(state: _SlideState, reason: str, progress: ProgressCallback | None) -> None:
-    state.result.status = "error"
-    state.result.reason = reason
-    state.result.seconds = round(time.perf_counter() - state.started, 3)
-    log.info("%s: %s", state.source.name, reason)  # the CLI reports it once, at the end
-    shutil.rmtree(state.staging, ignore_errors=True)
-    if progress:
-        progress(SlideProgress(state.source.name, state.tiles_done, state.tiles_done, "error"))
 
 
 def _is_up_to_date(

@@ -14,6 +14,7 @@ from osteomics.wsi.necrosis import (
     bootstrap_rate_interval,
     huvos_grade,
     necrosis_rate_percent,
+    predicted_class_counts,
     responder,
     tile_areas,
 )
@@ -32,24 +33,45 @@ def test_case_rate_is_area_weighted_not_a_mean_of_slide_rates() -> None:
     # By hand: necrotic 19 / tumour 50 = 38 %, whereas the mean of 90 % and 25 % is 57.5 %.
     assert case.necrosis_rate == pytest.approx(38.0)
     assert case.non_tumour_mm2 == pytest.approx(4.5)
-    assert huvos_grade(case.necrosis_rate, case.viable_mm2) == "I"
+    assert huvos_grade(case.necrosis_rate, viable_tiles=12) == "I"
     assert responder(case.necrosis_rate) == "poor"
 
 
 @pytest.mark.parametrize(
-    ("rate", "viable", "grade"),
+    ("rate", "viable_tiles", "grade"),
     [
-        (0.0, 5.0, "I"),
-        (49.99, 5.0, "I"),
-        (50.0, 5.0, "II"),
-        (89.99, 1.0, "II"),
-        (90.0, 1.0, "III"),
-        (99.999, 0.001, "III"),
-        (100.0, 0.0, "IV"),
+        (0.0, 5, "I"),
+        (49.99, 5, "I"),
+        (50.0, 5, "II"),
+        (89.99, 1, "II"),
+        (89.99, 0, "II"),  # no viable tile, but under 90 %: not grade IV
+        (90.0, 1, "III"),
+        (99.999, 1, "III"),
+        (96.0, 0, "IV"),
+        (100.0, 0, "IV"),
+        (100.0, None, "IV"),
+        (99.5, None, "III"),
     ],
 )
-def test_huvos_grade_boundaries(rate: float, viable: float, grade: str) -> None:
-    assert huvos_grade(rate, viable) == grade
+def test_huvos_grade_boundaries(rate: float, viable_tiles: int | None, grade: str) -> None:
+    assert huvos_grade(rate, viable_tiles) == grade
+
+
+def test_grade_iv_is_reachable_from_softmax_areas() -> None:
+    """Regression: grade IV needed viable_mm2 == 0.0, which expected areas from softmax
+    probabilities never are. A case whose every tile is called necrotic is grade IV."""
+    probabilities = np.array([[0.02, 0.95, 0.03], [0.01, 0.97, 0.02], [0.04, 0.06, 0.90]])
+    classes = [VIABLE, NECROTIC, NON_TUMOUR]
+    areas = areas_from_tiles(tile_areas(probabilities, np.full(3, 0.25), classes))
+    assert areas.viable_mm2 > 0  # softmax never gives exactly zero
+    counts = predicted_class_counts(probabilities, classes)
+    assert counts == {VIABLE: 0, NECROTIC: 2, NON_TUMOUR: 1}
+    assert areas.necrosis_rate is not None and areas.necrosis_rate > 90
+    assert huvos_grade(areas.necrosis_rate, counts[VIABLE]) == "IV"
+    # One tile called viable makes it grade III, whatever the rate.
+    probabilities[0] = [0.6, 0.35, 0.05]
+    counts = predicted_class_counts(probabilities, classes)
+    assert huvos_grade(99.0, counts[VIABLE]) == "III"
 
 
 def test_responder_threshold_is_ninety_percent() -> None:

@@ -69,7 +69,13 @@ def test_case_is_the_area_weighted_sum_of_its_slides(case_run: NecrosisRun) -> N
     assert case.viable_mm2 == pytest.approx(viable)
     assert case.necrotic_mm2 == pytest.approx(necrotic)
     assert case.necrosis_rate == pytest.approx(100 * necrotic / (necrotic + viable))
-    assert case.huvos_grade == huvos_grade(case.necrosis_rate, case.viable_mm2)
+    # Tiles called viable, counted here from the saved probabilities, decide grade IV.
+    called_viable = sum(
+        int((t.probabilities.argmax(axis=1) == t.classes.index("viable")).sum())
+        for t in case_run.tiles.values()
+    )
+    assert case.viable_tiles == called_viable
+    assert case.huvos_grade == huvos_grade(case.necrosis_rate, called_viable)
     assert case.responder == responder(case.necrosis_rate)
     assert case.ci_low is not None and case.ci_high is not None
     assert case.ci_low <= case.necrosis_rate <= case.ci_high
@@ -104,7 +110,8 @@ def test_outputs_are_written_and_consistent(case_run: NecrosisRun) -> None:
     assert record["model"]["weights_sha256"]
     for row, source in zip(record["slides"], slides["path"], strict=True):
         assert row["inputs"][0]["sha256"] == sha256_file(Path(source))
-    assert record["software"]["osteomics"]
+    assert record["version"] and record["command"] == "necrosis"
+    assert record["software"]["torch"] and record["software"]["timm"]
 
 
 def test_geojson_has_one_detection_per_tile_at_its_position(case_run: NecrosisRun) -> None:

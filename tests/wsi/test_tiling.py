@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import zarr
 from PIL import Image
 
 import osteomics
-from osteomics.wsi.grid import make_tile_grid
+from osteomics.wsi.grid import make_tile_grid, read_tiles
 from osteomics.wsi.labelled import LabelledTile
 from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_layout
 from osteomics.wsi.slide import open_slide
@@ -26,7 +27,6 @@ from osteomics.wsi.tiling import (
     TilingParameters,
     TilingRun,
     dask_client,
-    read_tiles,
     tile_slides,
 )
 from osteomics.wsi.tissue import TissueMask, detect_tissue
@@ -202,8 +202,13 @@ def test_run_json_provenance(tiled: Tiled) -> None:
     assert record["parameters"] == RESAMPLED.to_dict()
     assert record["interrupted"] is False
     assert record["started"] <= record["finished"]
+    assert record["tool"] == "osteomics" and record["version"] == osteomics.__version__
+    # The tests run from a git checkout: the commit is recorded (with +dirty for local edits).
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", record["git_commit"])
+    assert record["compute"]["device"] == "cpu" and record["compute"]["workers"] == 2
+    assert "OSTEOMICS_DIRECT_TILE_DECODE" in record["environment"]
+    assert [i["sha256"] for i in record["inputs"]] == [sha256(tiled.source)]
     software = record["software"]
-    assert software["osteomics"] == osteomics.__version__
     assert software["numpy"] == np.__version__
     assert software["zarr"] == zarr.__version__
     for name in ("python", "openslide-library", "tiffslide", "dask", "pandas", "pyarrow"):

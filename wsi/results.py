@@ -1,0 +1,157 @@
+"""What the necrosis job produces: slide rows, per-tile data, case rows, the run.
+
+These are the nouns the report, the exporters and the CLI read; the job that makes them is
+:mod:`osteomics.wsi.scoring`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from osteomics.core.provenance import provenance
+from osteomics.wsi.sources import IgnoredFile
+
+
+@dataclass(frozen=True)
+class NecrosisParameters:
+    """Settings of a necrosis run.
+
+    Attributes
+    ----------
+    model:
+        Registry name (``default``) or a folder with ``model.safetensors`` and
+        ``model_card.json``.
+    backend, mpp_override:
+        Slide reader and level-0 µm/px override, as for tiling.
+    min_tissue:
+        Tiles with less tissue than this fraction are not scored.
+    thumbnail_px, batch_tiles:
+        Thumbnail size for tissue detection; tiles per Dask task.
+    bootstrap_resamples, confidence, seed:
+        The case-rate interval: percentile bootstrap over tiles.
+    """
+
+    model: str = "default"
+    backend: str = "auto"
+    mpp_override: float | None = None
+    min_tissue: float = 0.5
+    thumbnail_px: int = 1024
+    batch_tiles: int = 64
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SlideNecrosis:
+    """One slide's result row (``necrosis_slides.csv``)."""
+
+    slide: str
+    case: str
+    path: str
+    status: str = "pending"
+    reason: str = ""
+    backend: str | None = None
+    mpp: float | None = None
+    n_tiles: int = 0
+    tile_um: float | None = None
+    viable_mm2: float | None = None
+    necrotic_mm2: float | None = None
+    non_tumour_mm2: float | None = None
+    necrosis_rate: float | None = None
+    viable_tiles: int | None = None
+    """Tiles whose most probable class is viable tumour (grade IV needs none)."""
+    seconds: float = 0.0
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SlideTiles:
+    """Per-tile data of a scored slide (kept in memory for maps, exports and the interval)."""
+
+    x_px: np.ndarray
+    y_px: np.ndarray
+    side_px: float
+    tissue_fraction: np.ndarray
+    probabilities: np.ndarray
+    classes: tuple[str, ...]
+    """Tissue class of each probability column."""
+    area_mm2: np.ndarray
+    """(n_tiles, 3) expected viable / necrotic / non-tumour area per tile."""
+    thumbnail: np.ndarray
+    thumbnail_downsample: float
+
+
+@dataclass
+class CaseNecrosis:
+    """One case's result row (``necrosis_cases.csv``)."""
+
+    case: str
+    status: str
+    reason: str
+    n_slides: int
+    necrosis_rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    huvos_grade: str | None
+    responder: str | None
+    viable_mm2: float | None
+    necrotic_mm2: float | None
+    non_tumour_mm2: float | None
+    slides: list[str]
+    viable_tiles: int | None = None
+
+
+@dataclass
+class NecrosisRun:
+    out_dir: str
+    parameters: NecrosisParameters
+    model_card: dict[str, Any]
+    slides: list[SlideNecrosis]
+    ignored: list[IgnoredFile]
+    started: str
+    cases: list[CaseNecrosis] = field(default_factory=list)
+    tiles: dict[str, SlideTiles] = field(default_factory=dict, repr=False)
+    finished: str | None = None
+    interrupted: bool = False
+    workers: int | None = None
+    scheduler: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and all(s.status == "ok" for s in self.slides)
+
+    def to_dict(self) -> dict[str, Any]:
+        record = provenance(
+            "necrosis",
+            parameters=self.parameters.to_dict(),
+            started=self.started,
+            finished=self.finished,
+            inputs=[i for s in self.slides for i in s.inputs],
+            workers=self.workers,
+            scheduler=self.scheduler,
+        )
+        record.update(
+            {
+                "out_dir": self.out_dir,
+                "interrupted": self.interrupted,
+                "model": self.model_card,
+                "summary": {
+                    "slides": len(self.slides),
+                    "ok": sum(s.status == "ok" for s in self.slides),
+                    "error": sum(s.status == "error" for s in self.slides),
+                    "cases": len(self.cases),
+                    "cases_ok": sum(c.status == "ok" for c in self.cases),
+                },
+                "cases": [asdict(c) for c in self.cases],
+                "slides": [asdict(s) for s in self.slides],
+                "ignored": [{"path": str(i.path), "reason": i.reason} for i in self.ignored],
+            }
+        )
+        return record
