@@ -452,10 +452,27 @@ class QuietStudyScheduler:
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="quiet-study-scheduler", daemon=True)
+        self._passed = threading.Condition()
+        #: When the last finished look started (epoch seconds; 0 before the first).
+        self._last_pass_started = 0.0
 
     def start(self) -> QuietStudyScheduler:
         self._thread.start()
         return self
+
+    def wait_for_pass(self, since: float, timeout: float) -> bool:
+        """Wait until a look that started at or after ``since`` (epoch seconds) has finished.
+
+        What that look saw is then in the queue: a study quiet by ``since`` has its job. For
+        tests and tools that must know the scheduler had its chance, without sleeping.
+
+        Returns
+        -------
+        bool
+            ``False`` when ``timeout`` seconds passed first.
+        """
+        with self._passed:
+            return self._passed.wait_for(lambda: self._last_pass_started >= since, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread and wait for it (at most ``timeout`` seconds)."""
@@ -465,10 +482,15 @@ class QuietStudyScheduler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_seconds):
+            started = time.time()
             try:
-                self.queue.queue_quiet_studies(self.quiet_seconds)
+                self.queue.queue_quiet_studies(self.quiet_seconds, now=started)
             except (sqlite3.Error, OSError) as exc:  # e.g. a busy or full disk: try again
                 log.error("cannot queue study_complete jobs in %s: %s", self.queue.root, exc)
+                continue
+            with self._passed:
+                self._last_pass_started = started
+                self._passed.notify_all()
 
 
 def _job(row: tuple[object, ...]) -> Job:
