@@ -25,7 +25,7 @@ def necrosis(
     ),
     backend: str = typer.Option("auto", help="auto, openslide, tiffslide or wsidicom."),
     workers: int | None = typer.Option(
-        None, "--workers", help="Local worker processes (default: one per core)."
+        None, "--workers", min=1, help="Local worker processes (default: one per core)."
     ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Existing Dask scheduler, e.g. tcp://host:8786."
@@ -70,4 +70,6 @@ def report(run: NecrosisRun, as_json: bool) -> None:
         else:
             line = f"case {c.case}: {c.reason}"
         typer.echo(line, err=as_json)
-    typer.echo(f"report: {Path(run.out_dir) / 'report.html'}", err=as_json)
+    report_html = Path(run.out_dir) / "report.html"
+    if report_html.exists():
+        typer.echo(f"report: {report_html}", err=as_json)

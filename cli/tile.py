@@ -18,17 +18,23 @@ def tile(
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (one sub-folder per slide)."),
     mpp: float = typer.Option(1.0, "--mpp", help="Target resolution, µm per pixel."),
-    tile_px: int = typer.Option(256, "--tile-px", help="Tile side in pixels."),
-    overlap: int = typer.Option(0, "--overlap", help="Overlap between tiles in pixels."),
+    tile_px: int = typer.Option(256, "--tile-px", min=8, help="Tile side in pixels (8 or more)."),
+    overlap: int = typer.Option(
+        0, "--overlap", min=0, help="Overlap between tiles in pixels (less than the tile)."
+    ),
     min_tissue: float = typer.Option(
-        0.5, "--min-tissue", help="Keep tiles with at least this tissue fraction (0-1)."
+        0.5,
+        "--min-tissue",
+        min=0.0,
+        max=1.0,
+        help="Keep tiles with at least this tissue fraction (0-1).",
     ),
     backend: str = typer.Option("auto", help="auto, openslide, tiffslide or wsidicom."),
     mpp_override: float | None = typer.Option(
         None, "--mpp-override", help="Level-0 µm/px for slides that lack it (or to correct it)."
     ),
     workers: int | None = typer.Option(
-        None, "--workers", help="Local worker processes (default: one per core)."
+        None, "--workers", min=1, help="Local worker processes (default: one per core)."
     ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Existing Dask scheduler, e.g. tcp://host:8786."

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from osteomics.wsi.errors import TrainingDataError
 from osteomics.wsi.labelled import LabelledTile
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,10 @@ def grouped_folds(
     unique = np.unique(keys)
     k = min(n_folds, len(unique))
     if k < 2:
-        raise ValueError(f"need at least two groups for cross-validation, got {len(unique)}")
+        raise TrainingDataError(
+            f"cross-validation needs at least two groups (slides or patients), got "
+            f"{len(unique)}; add images of another slide or patient"
+        )
     n_classes = int(labels.max()) + 1
     counts = {g: np.bincount(labels[keys == g], minlength=n_classes) for g in unique}
     totals = np.bincount(labels, minlength=n_classes).astype(np.float64)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from osteomics.core.errors import InvalidOptionError
 from osteomics.wsi.errors import NoTissueError, ResolutionError
 from osteomics.wsi.slide import BLOCK_READ_PX, Slide, SlideInfo
 from osteomics.wsi.tissue import TissueMask, detect_tissue
@@ -93,6 +94,34 @@ def choose_read_level(info: SlideInfo, target_mpp: float) -> int:
     return best
 
 
+#: Smallest tile side, pixels.
+MIN_TILE_PX = 8
+
+
+def check_grid_options(target_mpp: float, tile_px: int, overlap_px: int, min_tissue: float) -> None:
+    """Refuse grid settings no slide can serve, naming the option and its allowed range.
+
+    Raises
+    ------
+    InvalidOptionError
+    """
+    if not target_mpp > 0:
+        raise InvalidOptionError(f"--mpp {target_mpp}: the resolution must be above 0 µm/px")
+    if tile_px < MIN_TILE_PX:
+        raise InvalidOptionError(
+            f"--tile-px {tile_px}: tiles must be at least {MIN_TILE_PX} px on a side"
+        )
+    if not 0 <= overlap_px < tile_px:
+        raise InvalidOptionError(
+            f"--overlap {overlap_px}: the overlap must be at least 0 and smaller than the "
+            f"tile ({tile_px} px)"
+        )
+    if not 0.0 <= min_tissue <= 1.0:
+        raise InvalidOptionError(
+            f"--min-tissue {min_tissue}: the tissue fraction must be between 0 and 1"
+        )
+
+
 def make_tile_grid(
     info: SlideInfo,
     tissue: TissueMask,
@@ -118,14 +147,9 @@ def make_tile_grid(
 
     Raises
     ------
-    ResolutionError, NoTissueError, ValueError
+    ResolutionError, NoTissueError, InvalidOptionError
     """
-    if tile_px < 8:
-        raise ValueError(f"tile size {tile_px} px is too small (8 px at least)")
-    if not 0 <= overlap_px < tile_px:
-        raise ValueError(f"overlap {overlap_px} px must be >= 0 and smaller than the tile")
-    if not 0.0 <= min_tissue <= 1.0:
-        raise ValueError(f"minimum tissue fraction {min_tissue} must be between 0 and 1")
+    check_grid_options(target_mpp, tile_px, overlap_px, min_tissue)
     mpp0 = info.require_mpp()
     level_index = choose_read_level(info, target_mpp)
     level = info.levels[level_index]

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from osteomics.core.errors import InvalidOptionError
+
 log = logging.getLogger(__name__)
 
 #: Light transmitted through glass (the brightest RGB value of the background).
@@ -226,7 +228,9 @@ def normalise(rgb: np.ndarray, method: str) -> np.ndarray:
         return macenko_normalise(rgb)
     if method == "reinhard":
         return reinhard_normalise(rgb)
-    raise ValueError(f"unknown stain normalisation {method!r}; choose one of {NORMALISERS}")
+    raise InvalidOptionError(
+        f"unknown stain normalisation {method!r}; choose one of {', '.join(NORMALISERS)}"
+    )
 
 
 def hed_jitter(

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from osteomics.core.errors import InvalidOptionError
 from osteomics.core.files import ensure_writable, write_json_atomic
 from osteomics.core.provenance import input_records, provenance, quick_fingerprint, utc_now
 from osteomics.wsi.cluster import dask_client, worker_slide
 from osteomics.wsi.errors import OutputNotWritableError
-from osteomics.wsi.grid import SlidePlan, TileGrid, plan_slide, read_tiles
+from osteomics.wsi.grid import SlidePlan, TileGrid, check_grid_options, plan_slide, read_tiles
 from osteomics.wsi.runner import (
     ProgressCallback,
     SlideOutcome,
@@ -81,6 +82,15 @@ class TilingParameters:
     mpp_override: float | None = None
     thumbnail_px: int = 1024
     batch_tiles: int = 64
+
+    def __post_init__(self) -> None:
+        check_grid_options(self.target_mpp, self.tile_px, self.overlap_px, self.min_tissue)
+        if self.batch_tiles < 1:
+            raise InvalidOptionError(f"batch_tiles {self.batch_tiles}: at least 1 tile a batch")
+        if self.mpp_override is not None and not self.mpp_override > 0:
+            raise InvalidOptionError(
+                f"--mpp-override {self.mpp_override}: the resolution must be above 0 µm/px"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from osteomics.core.errors import InvalidOptionError
 from osteomics.wsi.errors import MissingMppError, NoTissueError, ResolutionError
 from osteomics.wsi.grid import SAME_RESOLUTION_TOLERANCE, choose_read_level, make_tile_grid
 from osteomics.wsi.mosaic import MosaicComposition
@@ -188,12 +189,12 @@ def test_missing_mpp(boxes_tiff: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tile_px": 4}, "too small"),
+        ({"tile_px": 4}, "--tile-px 4: tiles must be at least 8 px"),
         ({"overlap_px": 256}, "smaller than the tile"),
-        ({"overlap_px": -1}, "must be >= 0"),
+        ({"overlap_px": -1}, "--overlap -1: the overlap must be at least 0"),
         ({"min_tissue": 1.5}, "between 0 and 1"),
     ],
 )
 def test_invalid_parameters(cmu_info: SlideInfo, kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidOptionError, match=message):
         make_tile_grid(cmu_info, full_mask(cmu_info), **{"target_mpp": 0.5, **kwargs})

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from osteomics.core.errors import InvalidOptionError
 from osteomics.wsi.stain import (
     MACENKO_REFERENCE_MAX_CONCENTRATIONS,
     MACENKO_REFERENCE_STAINS,
@@ -89,7 +90,7 @@ def test_glass_is_left_alone() -> None:
     assert np.array_equal(macenko_normalise(glass), glass)
     assert np.array_equal(reinhard_normalise(glass), glass)
     assert np.array_equal(normalise(glass, "none"), glass)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidOptionError):
         normalise(glass, "vahadane")
 
 
