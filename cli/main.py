@@ -61,6 +61,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "radiomics": LazyCommand(
         "osteomics.cli.radiomics:radiomics", "radiomics", "IBSI radiomics features."
     ),
+    "signature": LazyCommand(
+        "osteomics.cli.signature:app", "fusion", "Fused signatures (fit, apply)."
+    ),
     "plugins": LazyCommand("osteomics.cli.plugins:list_plugins", "", "List installed plugins."),
 }
 """Every command of ``osteomics``, in the order ``--help`` lists them."""
