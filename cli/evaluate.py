@@ -15,12 +15,18 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Score every image (sub-tiled at the model's µm/px, probabilities averaged) and compare
-    with its folder's label."""
+    with its folder's label.
+
+    A progress bar on stderr counts the images scored.
+    """
+    from osteomics.cli.progress import counting, stages
     from osteomics.wsi.evaluate import evaluate_folder
     from osteomics.wsi.model import load_model
 
-    net, card = load_model(model)
-    metrics, _, _ = evaluate_folder(net, card, tile_dir, tile_mpp)
+    with stages(f"loading model {model}"):
+        net, card = load_model(model)
+    with counting("scoring images") as progress:
+        metrics, _, _ = evaluate_folder(net, card, tile_dir, tile_mpp, progress=progress)
     if as_json:
         typer.echo(json.dumps({"model": card.name, **metrics.to_dict()}, indent=2))
         return

@@ -85,10 +85,10 @@ def train(
     except OSError as exc:
         raise OutputNotWritableError(f"{out}: cannot create the model folder ({exc})") from exc
 
-    def say(message: str) -> None:
-        typer.echo(message, err=True)
+    from osteomics.cli.progress import stages
 
-    net, card = run_training(tile_dir, config, cases_csv=cases, name=name, progress=say)
+    with stages("training") as say:
+        net, card = run_training(tile_dir, config, cases_csv=cases, name=name, progress=say)
     # Every effective option, so that the command reproduces the run whatever the defaults.
     argv = ["osteomics", "train", str(tile_dir), "--out", str(out), "--arch", arch]
     argv += ["--tile-mpp", str(tile_mpp), "--input-mpp", str(input_mpp)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,7 +53,11 @@ def check_labels(tiles: Sequence[LabelledTile], card: ModelCard, folder: Path) -
 
 
 def evaluate_folder(
-    model: torch.nn.Module, card: ModelCard, folder: Path, tile_mpp: float = 1.0
+    model: torch.nn.Module,
+    card: ModelCard,
+    folder: Path,
+    tile_mpp: float = 1.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[ClassificationMetrics, list[LabelledTile], np.ndarray]:
     """Score every image of a labelled folder (one sub-folder per class).
 
@@ -63,6 +67,9 @@ def evaluate_folder(
         ``folder/<label>/*.jpg``, labels among the card's classes.
     tile_mpp:
         µm/px of the images.
+    progress:
+        Called as ``progress(images_scored, images_total)`` before the first image and after
+        each one.
 
     Returns
     -------
@@ -73,5 +80,12 @@ def evaluate_folder(
     except FileNotFoundError as exc:
         raise TrainingDataError(str(exc)) from exc
     labels = check_labels(tiles, card, Path(folder))
-    probabilities = np.stack([score_image(model, card, read_rgb(t.path), tile_mpp) for t in tiles])
+    scored: list[np.ndarray] = []
+    for tile in tiles:
+        if progress:
+            progress(len(scored), len(tiles))
+        scored.append(score_image(model, card, read_rgb(tile.path), tile_mpp))
+    if progress:
+        progress(len(scored), len(tiles))
+    probabilities = np.stack(scored)
     return classification_metrics(probabilities, labels, card.classes), tiles, probabilities

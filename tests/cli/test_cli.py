@@ -167,6 +167,28 @@ def test_info_on_a_slide_with_damaged_tile_data(cmu_svs: Path, tmp_path: Path) -
     assert healthy.returncode == 0 and "damaged" not in healthy.stdout
 
 
+# -- evaluate ---------------------------------------------------------------------------------
+def test_evaluate_shows_progress_on_stderr(data_dir: Path, tmp_path: Path) -> None:
+    """`evaluate` was silent for as long as it scored; a bar on stderr counts the images (rich
+    draws it on a terminal: TTY_COMPATIBLE=1 says stderr is one), stdout stays pure JSON."""
+    tiles = data_dir / "osteosarcoma-tiles"
+    for label in ("Non-Tumor", "Viable"):
+        (tmp_path / label).mkdir()
+        first = sorted((tiles / label).glob("*.jpg"))[0]
+        (tmp_path / label / first.name).write_bytes(first.read_bytes())
+    done = subprocess.run(
+        [*CLI, "evaluate", "default", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TTY_COMPATIBLE": "1", "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["n"] == 2
+    assert "scoring images" in done.stderr
+    assert "2/2" in done.stderr
+
+
 # -- tile ---------------------------------------------------------------------------------
 def test_tile_json_exit_codes_and_resume(
     mosaic_2um: MosaicComposition, fixtures_dir: Path, tmp_path: Path
