@@ -325,3 +325,22 @@ def test_ctrl_c_keeps_nothing_and_a_rerun_completes(big_mosaic: Path, tmp_path: 
     marker = json.loads((out / "big" / "slide.json").read_text())
     assert marker["result"]["n_tiles"] == summary["tiles"] > 1000
     assert not (out / ".staging").exists()
+
+
+# -- README and CI --------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """CI must run what the README tells a contributor to run, and neither may put the venv
+    first on PATH (pynetdicom's storescu/echoscu/findscu would shadow DCMTK's)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:]]
+    commands = [b for b in blocks if ".ci/lint" in b]
+    assert len(commands) == 1, commands
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert ci == commands[0]
+    assert 'pip install -e ".[all,test]"' in ci
+    assert "PATH=" not in ci
+    install = [b for b in blocks if "osteomics demo" in b]
+    assert len(install) == 1 and 'pip install -e ".[all]"' in install[0]
