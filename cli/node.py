@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -17,6 +20,15 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+#: The loggers whose INFO lines `node serve` shows: associations, store repairs, jobs, shutdown.
+_SERVING_LOGGERS = (
+    "osteomics.radiology.node",
+    "osteomics.radiology.acceptor",
+    "osteomics.radiology.store",
+    "osteomics.radiology.jobs",
+    "osteomics.radiology.radiomics_job",
+)
+
 CONFIG_HELP = "The node's node.toml (AE title, port, storage, allow-list, remotes)."
 
 
@@ -24,12 +36,36 @@ def _config(path: Path) -> NodeConfig:
     return load_node_config(path)
 
 
+def _iso(seconds: float) -> str:
+    """A POSIX time as ISO 8601 local time with its UTC offset (``2026-11-30T15:45:35+01:00``)."""
+    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+
+
+def _unserved_jobs_note(cfg: NodeConfig, jobs: dict[str, int]) -> str | None:
+    """A note when jobs wait and no worker of this node.toml would run them."""
+    queued = jobs.get("queued", 0)
+    if not queued or cfg.radiomics.enabled:
+        return None
+    return (
+        f"note: {queued} job(s) queued and no worker is enabled to run them: "
+        f"study_complete jobs are run by the radiomics worker; set [radiomics] enabled = true "
+        f"in {cfg.config_path or 'node.toml'} and restart `osteomics node serve`"
+    )
+
+
 @app.command("serve")
 def serve_command(
     config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
 ) -> None:
-    """Receive studies (C-STORE) and answer C-ECHO until Ctrl-C or SIGTERM."""
+    """Receive studies (C-STORE) and answer C-ECHO until Ctrl-C or SIGTERM.
+
+    Logs associations (AE title, address, instances stored), jobs and shutdown on stderr,
+    never patient data.
+    """
     cfg = _config(config)
+    # A server says what it does: the node's own INFO lines are shown without -v.
+    for name in _SERVING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
     def ready(node: RunningNode) -> None:
         typer.echo(
@@ -65,14 +101,17 @@ def status_command(
     cfg = _config(config)
     with open_store(cfg.storage, mode="read") as store:  # never creates a store
         status = store.status()
+    note = _unserved_jobs_note(cfg, dict(status.jobs))
     if as_json:
         typer.echo(json.dumps(status.to_dict(), indent=2))
-        return
-    jobs = ", ".join(f"{n} {state}" for state, n in sorted(status.jobs.items())) or "none"
-    typer.echo(
-        f"{status.patients} patients, {status.studies} studies, {status.series} series, "
-        f"{status.instances} instances; jobs: {jobs}"
-    )
+    else:
+        jobs = ", ".join(f"{n} {state}" for state, n in sorted(status.jobs.items())) or "none"
+        typer.echo(
+            f"{status.patients} patients, {status.studies} studies, {status.series} series, "
+            f"{status.instances} instances; jobs: {jobs}"
+        )
+    if note is not None:
+        typer.secho(note, fg=typer.colors.YELLOW, err=True)
 
 
 @app.command("ls")
@@ -85,7 +124,12 @@ def ls_command(
     with open_store(cfg.storage, mode="read") as store:  # never creates a store
         studies = store.studies()
     if as_json:
-        typer.echo(json.dumps([s.to_dict() for s in studies], indent=2))
+        rows: list[dict[str, Any]] = []
+        for s in studies:
+            row = s.to_dict()
+            row["last_received"] = _iso(s.last_received)
+            rows.append(row)
+        typer.echo(json.dumps(rows, indent=2))
         return
     if not studies:
         typer.echo(f"no studies in {cfg.storage}")

@@ -3,8 +3,8 @@
 Study Root Query/Retrieve at STUDY level. A C-MOVE asks the PACS to C-STORE the study to a
 destination AE title that the PACS must know (its modalities list, e.g. Orthanc's
 ``DicomModalities``); for ``node pull`` that is our own node, which must be serving.
-Query identifiers are never logged (pynetdicom's identifier logging is switched off by
-:mod:`osteomics.radiology.node`).
+Query identifiers are never logged: the connector switches pynetdicom's identifier logging off
+(:func:`osteomics.radiology.dimse.configure_pynetdicom`) before it associates.
 """
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from osteomics.plugins import Plugin
 from osteomics.radiology.config import NodeConfig, RemoteNode
+from osteomics.radiology.dimse import (
+    association_failure,
+    configure_pynetdicom,
+    set_tcp_nodelay,
+)
 from osteomics.radiology.errors import AssociationFailedError, PacsQueryError
-from osteomics.radiology.node import set_tcp_nodelay
-from osteomics.radiology.pacs import MoveOutcome, StudyMatch
+from osteomics.radiology.pacs_types import MoveOutcome, StudyMatch
 from osteomics.radiology.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class DimseConnector:
         self.timeout_s = timeout_s
 
     def _associate(self, remote: RemoteNode, context: str) -> Association:
+        configure_pynetdicom()
         ae = AE(ae_title=self.config.ae_title)
         ae.add_requested_context(context)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
@@ -71,11 +76,14 @@ class DimseConnector:
             evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
         )
         if not assoc.is_established:
-            reason = "rejected the association" if assoc.is_rejected else "could not be reached"
             raise AssociationFailedError(
-                f"remote {remote.name} ({remote.ae_title} at {remote.host}:{remote.port}) "
-                f"{reason}; check it runs and lists our AE {self.config.ae_title} with this host "
-                f"(remotes.{remote.name} in {self.config.config_path or 'node.toml'})"
+                association_failure(
+                    remote,
+                    self.config.ae_title,
+                    assoc,
+                    min(self.timeout_s, 10.0),
+                    str(self.config.config_path or "node.toml"),
+                )
             )
         return assoc
 

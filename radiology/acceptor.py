@@ -140,7 +140,7 @@ def _ended(assoc: Association) -> bool:
     """Do pynetdicom's end-of-association checks; True once the association is over."""
     if assoc.is_established and assoc.acse.is_release_requested():
         assoc.acse.send_release(is_response=True)
-        log.info("association released by the peer")
+        log.debug("association released by the peer")
         assoc.is_released = True
         assoc.is_established = False
         evt.trigger(assoc, evt.EVT_RELEASED, {})
@@ -149,7 +149,7 @@ def _ended(assoc: Association) -> bool:
 
     if assoc.acse.is_aborted():
         how = " (A-P-ABORT)" if assoc.acse.is_aborted("a-p-abort") else ""
-        log.info("association aborted%s", how)
+        log.debug("association aborted%s", how)
         assoc.dul.receive_pdu(wait=False)  # so that EVT_ACSE_RECV fires for the abort
         assoc.is_aborted = True
         assoc.is_established = False

@@ -9,6 +9,8 @@
   durable and committed its index row.
 - Our sockets set ``TCP_NODELAY``: pynetdicom does not, and a PDU written in two pieces would
   otherwise wait for a delayed ACK (about 40 ms on loopback).
+- pynetdicom's process-wide settings are made by :func:`start_node`
+  (:func:`~osteomics.radiology.dimse.configure_pynetdicom`), not at import.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -32,12 +35,16 @@ from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_VERSION,
     evt,
 )
-from pynetdicom import _config as _pynetdicom_config
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import ThreadedAssociationServer
 
 from osteomics.radiology import acceptor
 from osteomics.radiology.config import NodeConfig, RemoteNode
+from osteomics.radiology.dimse import (
+    association_failure,
+    configure_pynetdicom,
+    set_tcp_nodelay,
+)
 from osteomics.radiology.errors import (
     AssociationFailedError,
     InconsistentDatasetError,
@@ -51,14 +58,6 @@ from osteomics.radiology.radiomics_job import RadiomicsWorker
 from osteomics.radiology.store import DicomStore, read_dataset_attributes
 
 log = logging.getLogger(__name__)
-
-# pynetdicom logs C-FIND/C-MOVE identifiers (patient IDs, names) unless told not to.
-_pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-_pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-# Nor its per-PDU and per-message log lines, which it formats (decoding every command set)
-# even when nobody listens: 3 % of a C-STORE. Association events, warnings and errors are
-# still logged, by pynetdicom and by the node's own handlers.
-_pynetdicom_config.LOG_HANDLER_LEVEL = "none"
 
 #: C-STORE status codes the node answers with (PS3.4 table B.2-1, PS3.7 annex C).
 STATUS_SUCCESS = 0x0000
@@ -132,6 +131,11 @@ class RunningNode:
     def stop(self) -> None:
         """Stop accepting, end the running associations, stop the scheduler (and the radiomics
         worker, after its current study), close the store."""
+        log.info(
+            "node %s shutting down (%d association(s) open)",
+            self.config.ae_title,
+            len(self.server.active_associations),
+        )
         self.server.shutdown()
         self.scheduler.stop()
         if self.radiomics is not None:
@@ -182,6 +186,7 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     AssociationFailedError
         The address cannot be bound (port in use, address not local).
     """
+    configure_pynetdicom(serving=True)
     store = store or DicomStore(config.storage)
     report = store.recover()
     if report.repaired:
@@ -189,11 +194,13 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     jobs = JobQueue(config.storage)
     jobs.queue_quiet_studies(config.study_quiet_seconds)
     ae = build_ae(config)
+    peers = AssociationLog()
     handlers: list[Any] = [
         (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_CONN_OPEN, _speed_up),
         (evt.EVT_REQUESTED, _on_requested, [config]),
-        (evt.EVT_C_STORE, _on_c_store, [store]),
+        (evt.EVT_C_STORE, _on_c_store_counted, [store, peers]),
+        *peers.handlers(),
     ]
     try:
         server = ae.start_server(
@@ -230,6 +237,7 @@ def serve(config: NodeConfig, ready: Callable[[RunningNode], None] | None = None
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
+        log.info("node %s: %s received", config.ae_title, signal.Signals(signum).name)
         stop.set()
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -265,6 +273,7 @@ def echo(config: NodeConfig, remote: RemoteNode, timeout_s: float = 10.0) -> Ech
     AssociationFailedError
         The remote could not be reached, rejected the association or did not answer.
     """
+    configure_pynetdicom()
     ae = AE(ae_title=config.ae_title)
     ae.add_requested_context(VERIFICATION_SOP_CLASS)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
@@ -277,10 +286,10 @@ def echo(config: NodeConfig, remote: RemoteNode, timeout_s: float = 10.0) -> Ech
         evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
     )
     if not assoc.is_established:
-        reason = "rejected the association" if assoc.is_rejected else "could not be reached"
         raise AssociationFailedError(
-            f"remote {remote.name} ({remote.ae_title} at {remote.host}:{remote.port}) {reason}; "
-            f"check it runs and lists our AE {config.ae_title} with this host"
+            association_failure(
+                remote, config.ae_title, assoc, timeout_s, str(config.config_path or "node.toml")
+            )
         )
     try:
         status = assoc.send_c_echo()
@@ -294,16 +303,6 @@ def echo(config: NodeConfig, remote: RemoteNode, timeout_s: float = 10.0) -> Ech
 
 
 # -- event handlers -------------------------------------------------------------------------
-
-
-def set_tcp_nodelay(event: evt.Event) -> None:
-    """Turn Nagle's algorithm off on every association socket (ours and accepted ones)."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:  # e.g. a socket already closed by the peer
-            log.debug("cannot set TCP_NODELAY: %s", exc)
 
 
 def _speed_up(event: evt.Event) -> None:
@@ -330,6 +329,76 @@ def _on_requested(event: evt.Event, config: NodeConfig) -> None:
         # As pynetdicom does for its own rejections: wait until the A-ASSOCIATE-RJ is out and
         # the peer closed, otherwise the socket is shut before the PDU leaves.
         assoc.kill()
+
+
+class AssociationLog:
+    """Logs each accepted association: one line when it is accepted, one when it ends
+    (released, aborted, or its connection closed) with the instances stored and refused in it.
+
+    Names AE titles, addresses and counts only, never patient data. Its handlers are bound by
+    :func:`start_node`; :func:`_on_c_store_counted` counts.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # association -> [calling AE, "host:port", stored, refused]
+        self._open: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        """The pynetdicom event handlers to bind."""
+        return [
+            (evt.EVT_ACCEPTED, self._accepted),
+            (evt.EVT_RELEASED, lambda event: self._ended(event, "released")),
+            (evt.EVT_ABORTED, lambda event: self._ended(event, "aborted")),
+            (evt.EVT_CONN_CLOSE, lambda event: self._ended(event, _how_it_ended(event.assoc))),
+        ]
+
+    def count(self, assoc: Any, stored: bool) -> None:
+        """Count one C-STORE of ``assoc``: stored (Success) or refused."""
+        with self._lock:
+            entry = self._open.get(assoc)
+            if entry is not None:
+                entry[2 if stored else 3] += 1
+
+    def _accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        calling = assoc.requestor.ae_title.strip()
+        where = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        with self._lock:
+            self._open[assoc] = [calling, where, 0, 0]
+        log.info("association accepted from AE %s at %s", calling, where)
+
+    def _ended(self, event: evt.Event, how: str) -> None:
+        with self._lock:
+            entry = self._open.pop(event.assoc, None)
+        if entry is None:  # already logged, or never accepted (rejected: logged at the request)
+            return
+        calling, where, stored, refused = entry
+        log.info(
+            "association %s: AE %s at %s, %d instance(s) stored, %d refused",
+            how,
+            calling,
+            where,
+            stored,
+            refused,
+        )
+
+
+def _how_it_ended(assoc: Any) -> str:
+    """For a closed connection: whether its association was aborted or released first (the
+    close can come before pynetdicom's EVT_ABORTED or EVT_RELEASED)."""
+    if assoc.is_aborted or assoc.acse.is_aborted():
+        return "aborted"
+    if assoc.is_released:
+        return "released"
+    return "closed without release"
+
+
+def _on_c_store_counted(event: evt.Event, store: DicomStore, peers: AssociationLog) -> int:
+    """:func:`_on_c_store`, counted for the association's log line."""
+    status = _on_c_store(event, store)
+    peers.count(event.assoc, status == STATUS_SUCCESS)
+    return status
 
 
 def _on_c_store(event: evt.Event, store: DicomStore) -> int:

@@ -4,7 +4,9 @@ our own AE title, and report what arrived in the store.
 The network side is a PACS-connector plugin (kind ``pacs_connector``; the built-in one is
 ``dimse``, :mod:`osteomics.plugins.dimse_connector`). A connector plugin's factory is called
 with the node's :class:`~osteomics.radiology.config.NodeConfig` and ``timeout_s=`` and returns
-an object with ``find_studies`` and ``move_study`` (see :class:`PacsConnector`).
+an object with ``find_studies`` and ``move_study``
+(:class:`~osteomics.radiology.pacs_types.PacsConnector`; the types a connector returns are in
+:mod:`osteomics.radiology.pacs_types` too).
 
 The C-MOVE sub-operations are C-STOREs from the PACS to our node, so the node must be serving
 (``osteomics node serve``) while a pull runs: :func:`pull` checks that something listens on the
@@ -18,11 +20,12 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from osteomics.core.plugins import discover_plugins
-from osteomics.radiology.config import NodeConfig, RemoteNode
+from osteomics.radiology.config import NodeConfig
 from osteomics.radiology.errors import AssociationFailedError, NodeConfigError
+from osteomics.radiology.pacs_types import MoveOutcome, PacsConnector, StudyMatch
 from osteomics.radiology.store import DicomStore
 from osteomics.radiology.uids import validate_uid
 
@@ -30,50 +33,6 @@ log = logging.getLogger(__name__)
 
 #: The connector ``node pull`` uses unless told otherwise.
 DEFAULT_CONNECTOR = "dimse"
-
-
-@dataclass(frozen=True)
-class StudyMatch:
-    """A study a PACS reported for a C-FIND (Study Root, STUDY level).
-
-    ``series`` and ``instances`` are the PACS's Number of Study Related Series/Instances
-    (``None`` when it did not say).
-    """
-
-    study_uid: str
-    patient_id: str
-    study_date: str | None
-    modalities: tuple[str, ...]
-    series: int | None
-    instances: int | None
-
-
-@dataclass(frozen=True)
-class MoveOutcome:
-    """The final C-MOVE response of one study: status and sub-operation counts."""
-
-    study_uid: str
-    status: int
-    completed: int
-    failed: int
-    warning: int
-
-    @property
-    def ok(self) -> bool:
-        """Success (0x0000) with no failed sub-operation."""
-        return self.status == 0x0000 and self.failed == 0
-
-
-class PacsConnector(Protocol):
-    """What a ``pacs_connector`` plugin's factory returns."""
-
-    def find_studies(
-        self, remote: RemoteNode, *, patient_id: str | None = None, study_uid: str | None = None
-    ) -> list[StudyMatch]: ...
-
-    def move_study(
-        self, remote: RemoteNode, study_uid: str, destination_ae: str
-    ) -> MoveOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -254,11 +213,8 @@ def pull(
 
 __all__ = [
     "DEFAULT_CONNECTOR",
-    "MoveOutcome",
-    "PacsConnector",
     "PullReport",
     "PulledStudy",
-    "StudyMatch",
     "check_node_listening",
     "get_connector",
     "pull",

@@ -105,3 +105,32 @@ def client() -> Iterator[Any]:
 
     with dask_client(2) as dask_cl:
         yield dask_cl
+
+
+#: Folders DCMTK's tools are taken from. pynetdicom installs console scripts with DCMTK's names
+#: (storescu, storescp, echoscu, findscu, movescu) into the venv: with the venv on PATH, a plain
+#: ``storescu`` would be pynetdicom's, not DCMTK's.
+DCMTK_FOLDERS = (Path("/usr/bin"), Path("/usr/local/bin"))
+
+
+def dcmtk_tool(name: str) -> Path:
+    """The absolute path of DCMTK's tool ``name`` (a compiled program, never a venv script).
+
+    Fails the test, saying how to install DCMTK, when it is missing.
+    """
+    for folder in DCMTK_FOLDERS:
+        path = folder / name
+        if path.is_file() and os.access(path, os.X_OK):
+            with path.open("rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    return path
+    pytest.fail(
+        f"DCMTK's {name} is missing (looked in {', '.join(map(str, DCMTK_FOLDERS))}): run "
+        ".ci/system-packages as root, or apt-get install dcmtk"
+    )
+
+
+@pytest.fixture(scope="session", name="dcmtk_tool")
+def dcmtk_tool_fixture() -> Any:
+    """:func:`dcmtk_tool`: ``dcmtk_tool("storescu")`` -> ``Path("/usr/bin/storescu")``."""
+    return dcmtk_tool

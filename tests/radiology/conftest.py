@@ -4,7 +4,6 @@ DCMTK tools (with TCP_NODELAY=1, so that loopback C-STOREs do not stall on Nagle
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
@@ -46,15 +45,22 @@ def sts001_ct(sts_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def dcmtk() -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run a DCMTK tool against 127.0.0.1 with TCP_NODELAY=1 and a time limit."""
-    if shutil.which("storescu") is None or shutil.which("echoscu") is None:
-        pytest.fail("DCMTK is missing: run .ci/system-packages (apt-get install dcmtk)")
+def dcmtk(
+    dcmtk_tool: Callable[[str], Path],
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a DCMTK tool (by name, taken by absolute path: see tests/conftest.py dcmtk_tool)
+    against 127.0.0.1 with TCP_NODELAY=1 and a time limit; fails when DCMTK is missing."""
+    dcmtk_tool("storescu")
+    dcmtk_tool("echoscu")
 
-    def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(tool: str, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, TCP_NODELAY="1")
         return subprocess.run(
-            [str(a) for a in args], capture_output=True, text=True, env=env, timeout=timeout
+            [str(dcmtk_tool(tool)), *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
         )
 
     return run

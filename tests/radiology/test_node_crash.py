@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -72,12 +73,15 @@ def _check_store(root: Path) -> dict[str, Path]:
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:The value length:UserWarning")
-def test_kill_9_mid_transfer_restart_resend(node_config: NodeConfig, sts_dir: Path) -> None:
+def test_kill_9_mid_transfer_restart_resend(
+    node_config: NodeConfig, sts_dir: Path, dcmtk_tool: Callable[[str], Path]
+) -> None:
     assert node_config.config_path is not None
     config, port, root = node_config.config_path, str(node_config.port), node_config.storage
     files = sorted(f for p in PATIENTS for f in (sts_dir / p / "CT").rglob("*.dcm"))
     env = dict(os.environ, TCP_NODELAY="1")
-    storescu = ["storescu", "-v", "-aet", "STORESCU", "-aec", NODE_AE, "127.0.0.1", port]
+    storescu = [str(dcmtk_tool("storescu")), "-v", "-aet", "STORESCU", "-aec", NODE_AE]
+    storescu += ["127.0.0.1", port]
 
     node = _serve(config)
     acknowledged: list[Path] = []

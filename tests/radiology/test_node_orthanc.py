@@ -55,8 +55,12 @@ def orthanc(
 ) -> Iterator[Orthanc]:
     """Orthanc with our node in its DicomModalities; stopped after the test. Indirect
     parameters (a dict) are added to its configuration."""
-    if shutil.which("Orthanc") is None:
-        pytest.fail("Orthanc is missing: run .ci/system-packages (apt-get install orthanc)")
+    orthanc_binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+    if orthanc_binary is None:
+        pytest.fail(
+            "Orthanc is missing (not on PATH nor in /usr/sbin): run .ci/system-packages as "
+            "root, or apt-get install orthanc"
+        )
     folder = tmp_path / "orthanc"
     folder.mkdir()
     http_port, dicom_port = port_factory(), port_factory()
@@ -78,7 +82,7 @@ def orthanc(
     log_path = folder / "orthanc.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
-            ["Orthanc", str(folder / "orthanc.json")],
+            [orthanc_binary, str(folder / "orthanc.json")],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, TCP_NODELAY="1"),
@@ -177,13 +181,14 @@ def test_pull_by_study_uid_through_the_cli_and_findscu_agrees(
     orthanc: Orthanc,
     orthanc_with_two_patients: dict[str, list[Path]],
     tmp_path: Path,
+    dcmtk_tool: Callable[[str], Path],
 ) -> None:
     wanted = orthanc_with_two_patients["STS_001"]
     study_uid = str(pydicom.dcmread(wanted[0], stop_before_pixels=True).StudyInstanceUID)
 
     # DCMTK's findscu, as our AE, finds the same study on Orthanc as our C-FIND does.
     found = subprocess.run(
-        ["findscu", "-v", "-S", "-aet", "OSTEOMICS", "-aec", "ORTHANC",
+        [str(dcmtk_tool("findscu")), "-v", "-S", "-aet", "OSTEOMICS", "-aec", "ORTHANC",
          "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientID=STS_001", "-k", "StudyInstanceUID",
          "127.0.0.1", str(orthanc.dicom_port)],
         capture_output=True, text=True, timeout=60, env=dict(os.environ, TCP_NODELAY="1"),
@@ -224,7 +229,9 @@ def test_pull_errors_unknown_remote_unreachable_pacs_node_down(
     with pytest.raises(UnknownRemoteError, match=r"no remote 'nowhere'.*\[remotes.nowhere\]"):
         pull(config, "nowhere", patient_id="STS_001")
     down = _with_pacs(node, orthanc, port=port_factory())
-    with pytest.raises(AssociationFailedError, match="could not be reached"):
+    pacs_port = down.remote("pacs").port
+    refused = rf"connection refused by 127\.0\.0\.1:{pacs_port} — is the PACS running\?"
+    with pytest.raises(AssociationFailedError, match=refused):
         pull(down, "pacs", patient_id="STS_001")
     not_serving = dataclasses.replace(config, port=port_factory())
     with pytest.raises(AssociationFailedError, match="node serve"):
