@@ -349,3 +349,45 @@ def test_node_status_reads_an_existing_store(tmp_path: Path, sts001_ct: list[Pat
         done = _cli("node", "status", "--config", str(toml), "--json")
     assert done.returncode == 0, done.stderr
     assert '"instances": 3' in done.stdout
+
+
+def test_a_second_node_serve_on_one_store_is_refused_and_status_reads_meanwhile(
+    tmp_path: Path, sts001_ct: list[Path]
+) -> None:
+    """Bug 6 as a user meets it: two `osteomics node serve` on one storage folder."""
+    from conftest import free_port, write_node_toml
+
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = write_node_toml(first_dir, free_port(), ())
+    # the second node.toml names the same storage folder (another port)
+    second = write_node_toml(second_dir, free_port(), ())
+    second.write_text(
+        second.read_text().replace('storage = "store"', f'storage = "{first_dir}/store"')
+    )
+    with DicomStore(first_dir / "store") as store:
+        store.store_file(sts001_ct[0])
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "osteomics.cli.main", "node", "serve", "--config", str(first)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serving.stderr is not None
+        for line in serving.stderr:  # wait for the node to say it listens
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail(f"node serve ended with {serving.wait()}")
+        refused = _cli("node", "serve", "--config", str(second))
+        assert refused.returncode == 1
+        assert f"in use by pid {serving.pid}" in refused.stderr, refused.stderr
+        assert "node serve" in refused.stderr and "Traceback" not in refused.stderr
+        status = _cli("node", "status", "--config", str(first), "--json")
+        assert status.returncode == 0 and '"instances": 1' in status.stdout, status.stderr
+    finally:
+        serving.terminate()
+        serving.wait(timeout=30)
+    with DicomStore(first_dir / "store") as store:  # free again once it stopped
+        assert store.status().instances == 1
