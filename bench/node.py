@@ -42,6 +42,25 @@ ENV = dict(os.environ, TCP_NODELAY="1")
 NODE_AE = "OSTEOMICS"
 
 
+def dcmtk_tool(name: str) -> str:
+    """DCMTK's ``name`` by absolute path: pynetdicom installs Python console scripts called
+    storescu, storescp, ... into the venv, which shadow DCMTK's when the venv is on PATH."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        path = Path(folder) / name
+        if path.is_file() and os.access(path, os.X_OK):
+            with path.open("rb") as f:
+                if f.read(4) == b"\x7fELF":
+                    return str(path)
+    sys.exit(f"DCMTK's {name} is missing from /usr/bin and /usr/local/bin: apt-get install dcmtk")
+
+
+def orthanc_binary() -> str:
+    found = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin")
+    if found is None:
+        sys.exit("Orthanc is missing (not on PATH nor in /usr/sbin): apt-get install orthanc")
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -119,7 +138,7 @@ class Orthanc:
         }
         (folder / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
         self.proc = subprocess.Popen(
-            ["Orthanc", str(folder / "orthanc.json")],
+            [orthanc_binary(), str(folder / "orthanc.json")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=ENV,
@@ -157,7 +176,7 @@ def storescp(folder: Path) -> Iterator[int]:
     out = folder / "received"
     out.mkdir()
     proc = subprocess.Popen(
-        ["storescp", "-aet", "STORESCP", "--output-directory", str(out), str(port)],
+        [dcmtk_tool("storescp"), "-aet", "STORESCP", "--output-directory", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=ENV,
@@ -172,10 +191,11 @@ def storescp(folder: Path) -> Iterator[int]:
 def send(port: int, aec: str, files: list[Path], associations: int = 1) -> float:
     """Seconds for ``associations`` parallel storescu runs to deliver ``files``."""
     groups = [files[i::associations] for i in range(associations)]
+    storescu = [dcmtk_tool("storescu"), "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port)]
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port), *map(str, g)],
+            [*storescu, *map(str, g)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=ENV,
@@ -215,12 +235,10 @@ def main() -> None:
         "--baseline",
         type=Path,
         help="also time the node of another checkout (a folder holding `osteomics/`), e.g. "
-        "`git archive HEAD` unpacked into DIR/osteomics, for before/after comparisons",
+        "`git worktree add DIR/osteomics REV`, for before/after comparisons",
     )
     args = parser.parse_args()
-    for tool in ("storescu", "storescp", "Orthanc"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing: apt-get install dcmtk orthanc")
+    dcmtk_tool("storescu"), dcmtk_tool("storescp"), orthanc_binary()  # exit early if missing
     files = sorted(STS.glob("*/CT/image/*.dcm"))
     patients = len({p.parents[2].name for p in files})
     mib = sum(p.stat().st_size for p in files) / 2**20
