@@ -52,6 +52,9 @@ def fit(
         20, "--permutations", help="Shuffled-outcome reruns of the nested CV (0: none)."
     ),
     bootstraps: int = typer.Option(1000, "--bootstraps", help="Bootstrap resamples for CIs."),
+    model_bootstraps: int = typer.Option(
+        50, "--model-bootstraps", help="Final-model refits for per-patient score CIs."
+    ),
     l1_ratio: float = typer.Option(0.5, "--l1-ratio", help="Elastic-net mixing (1 = lasso)."),
     correlation: float = typer.Option(
         0.9, "--correlation", help="|Spearman rho| above which features are redundant."
@@ -67,6 +70,7 @@ def fit(
         inner_folds=_positive(inner_folds, "--inner-folds", 2),
         permutations=_positive(permutations, "--permutations", 0),
         bootstraps=_positive(bootstraps, "--bootstraps", 10),
+        model_bootstraps=_positive(model_bootstraps, "--model-bootstraps", 0),
         l1_ratio=l1_ratio,
         correlation=correlation,
         seed=seed,

@@ -78,7 +78,7 @@ def check_batches(batch: pd.Series | np.ndarray, where: str) -> None:
         Naming the batches with one patient.
     """
     counts = pd.Series(np.asarray(batch, dtype=str)).value_counts()
-    single = sorted(counts.index[counts < 2])
+    single = sorted(str(b) for b in counts.index[counts < 2])
     if len(counts) < 2:
         raise BlockDataError(
             f"{where}: only one batch ({counts.index[0]!r}); drop batch = from the block or "
@@ -161,7 +161,7 @@ def apply_combat(
         A batch not seen in training.
     """
     batch = np.asarray(batch, dtype=str)
-    unseen = sorted(set(batch) - set(params.batches))
+    unseen = sorted({str(b) for b in batch} - set(params.batches))
     if unseen:
         raise SignatureError(
             f"batch(es) {', '.join(map(repr, unseen[:5]))} were not seen in training; ComBat "

@@ -283,7 +283,6 @@ def signature_document(result: FitResult, started: str, finished: str) -> dict[s
         "dropped": {k: len(v) for k, v in cohort.report.dropped.items()},
         "tables": inputs,
     }
-    doc["fit_seconds"] = round(result.seconds, 1)
     return doc
 
 
