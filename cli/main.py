@@ -11,6 +11,7 @@ Help pages are plain text, formatted like a man page (:mod:`osteomics.cli.manpag
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -85,8 +86,33 @@ EXTRA_MODULES: dict[str, str] = {
 }  # fmt: skip
 
 
+#: What each extra installs that its commands cannot run without (checked before a command
+#: runs, without importing anything: a site without torch gets one line, not a traceback).
+EXTRA_CHECKS: dict[str, tuple[str, ...]] = {
+    "wsi": (
+        "PIL",
+        "skimage",
+        "openslide",
+        "tiffslide",
+        "wsidicom",
+        "zarr",
+        "dask",
+        "torch",
+        "timm",
+    ),
+    "node": ("pydicom", "pynetdicom"),
+    "radiomics": ("pydicom", "skimage", "nibabel", "highdicom"),
+    "fusion": ("sklearn",),
+}
+
+
 class MissingExtraError(OsteomicsError, ModuleNotFoundError):
     """A command needs an optional dependency that is not installed."""
+
+
+def missing_modules(extra: str) -> list[str]:
+    """The modules of :data:`EXTRA_CHECKS` ``[extra]`` that are not installed."""
+    return [m for m in EXTRA_CHECKS.get(extra, ()) if importlib.util.find_spec(m) is None]
 
 
 _running: list[str] = []  # the lazy command being run, for the missing-extra message
@@ -121,6 +147,20 @@ def _load(name: str, spec: LazyCommand) -> Any:
         single.command(name)(obj)
         command = typer.main.get_command(single)
     command.name = name
+    if spec.extra:
+        run_command = command.invoke
+
+        def invoke(ctx: Any) -> Any:  # after parsing, so that --help works without the extra
+            missing = missing_modules(spec.extra)
+            if missing:
+                raise MissingExtraError(
+                    f"osteomics {name} needs {', '.join(missing)}, which "
+                    f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                    f"pip install 'osteomics[{spec.extra}]'"
+                )
+            return run_command(ctx)
+
+        command.invoke = invoke  # type: ignore[method-assign]
     return man_page(command)
 
 

@@ -6,7 +6,13 @@ import json
 
 import typer
 
-from osteomics.core.plugins import KIND_GROUPS, discover_plugins, plugin_distribution
+from osteomics.core.plugins import (
+    KIND_GROUPS,
+    Plugin,
+    discover_plugins,
+    missing_requirements,
+    plugin_distribution,
+)
 
 # The extra that installs what a built-in plugin of each kind needs.
 _KIND_EXTRA = {"slide_reader": "wsi", "pacs_connector": "node", "exporter": "wsi"}
@@ -19,6 +25,16 @@ def _hint(reason: str, distribution: str, group: str) -> str:
     if distribution == "osteomics" and reason.startswith("ModuleNotFoundError") and extra:
         return f"{reason} (pip install 'osteomics[{extra}]')"
     return reason
+
+
+def _status(plugin: Plugin, distribution: str) -> str:
+    """``ok``, or which modules the plugin needs that are not installed (and how to get them)."""
+    missing = missing_requirements(plugin)
+    if not missing:
+        return "ok"
+    extra = _KIND_EXTRA.get(plugin.kind, "")
+    how = f" (pip install 'osteomics[{extra}]')" if distribution == "osteomics" and extra else ""
+    return f"needs {', '.join(missing)}{how}"
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -36,7 +52,7 @@ def list_plugins(
     ),
 ) -> None:
     """List installed plugins: kind, name, the distribution (and version) that provides each,
-    and what it does.
+    whether it can run (STATUS: ok, needs MODULE, or broken) and what it does.
 
     Plugins are registered under one entry-point group per kind: osteomics.slide_readers,
     osteomics.pacs_connectors, osteomics.exporters and osteomics.weight_sources. An entry point
@@ -54,6 +70,7 @@ def list_plugins(
                     "distribution": dist,
                     "version": version,
                     "priority": p.priority,
+                    "missing": missing_requirements(p),
                     "description": p.description,
                 }
                 for p, dist, version in listed
@@ -73,15 +90,17 @@ def list_plugins(
         }
         typer.echo(json.dumps(document, indent=2))
         return
-    rows = [["KIND", "NAME", "FROM", "DESCRIPTION"]]
+    rows = [["KIND", "NAME", "FROM", "STATUS", "DESCRIPTION"]]
     rows += [
-        [p.kind, p.name, f"{dist} {version}".strip(), p.description] for p, dist, version in listed
+        [p.kind, p.name, f"{dist} {version}".strip(), _status(p, dist), p.description]
+        for p, dist, version in listed
     ]
     rows += [
         [
-            "broken",
+            _GROUP_KIND.get(f.group, f.group),
             f.name,
             " ".join(f.distribution).strip(),
+            "broken",
             f"{f.target}: {_hint(f.reason, f.distribution[0], f.group)}",
         ]
         for f in failures

@@ -19,6 +19,7 @@ re-exports it for third parties.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -55,6 +56,9 @@ class Plugin:
         The object the plugin provides; for a slide reader, the ``Slide`` subclass.
     priority:
         Lower is tried first where several plugins of a kind could serve (``--backend auto``).
+    requires:
+        Top-level modules the plugin needs when it runs but its module does not import (a
+        reader that imports its library lazily); ``osteomics plugins`` says which are missing.
     """
 
     name: str
@@ -62,6 +66,12 @@ class Plugin:
     description: str
     factory: Any
     priority: int = 100
+    requires: tuple[str, ...] = ()
+
+
+def missing_requirements(plugin: Plugin) -> list[str]:
+    """The modules of ``plugin.requires`` that are not installed (found without importing)."""
+    return [m for m in plugin.requires if importlib.util.find_spec(m) is None]
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from osteomics.core.plugins import (
     PluginLoadFailure,
     clear_plugin_cache,
     discover_plugins,
+    missing_requirements,
     plugin_distribution,
 )
 
@@ -30,5 +31,6 @@ __all__ = [
     "PluginLoadFailure",
     "clear_plugin_cache",
     "discover_plugins",
+    "missing_requirements",
     "plugin_distribution",
 ]

@@ -120,4 +120,5 @@ plugin = Plugin(
     description="OpenSlide: SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, generic tiled TIFF, DICOM WSI",
     factory=OpenSlideSlide,
     priority=10,
+    requires=("openslide",),
 )

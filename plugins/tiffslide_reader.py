@@ -103,4 +103,5 @@ plugin = Plugin(
     description="tiffslide: TIFF-based slides (SVS, NDPI, SCN, generic tiled TIFF), pure Python",
     factory=TiffSlideSlide,
     priority=20,
+    requires=("tiffslide",),
 )

@@ -83,4 +83,5 @@ plugin = Plugin(
     description="wsidicom: DICOM VL Whole Slide Microscopy Image (folder of instances)",
     factory=WsiDicomSlide,
     priority=30,
+    requires=("wsidicom",),
 )

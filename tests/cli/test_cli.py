@@ -236,10 +236,10 @@ def test_plugins_lists_the_three_readers() -> None:
     )
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
-    assert rows[0] == ["KIND", "NAME", "FROM", "DESCRIPTION"]
+    assert rows[0] == ["KIND", "NAME", "FROM", "STATUS", "DESCRIPTION"]
     readers = [row[1] for row in rows if row[0] == "slide_reader"]
     assert readers == ["openslide", "tiffslide", "wsidicom"]  # the order auto tries them
-    assert all(row[2:4] == ["osteomics", osteomics.__version__] for row in rows[1:])
+    assert all(row[2:5] == ["osteomics", osteomics.__version__, "ok"] for row in rows[1:])
     assert "broken" not in done.stdout
 
 

@@ -172,11 +172,11 @@ def test_plugins_command_reports_a_broken_plugin(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["KIND", "NAME", "FROM", "DESCRIPTION"]
+    assert lines[0].split() == ["KIND", "NAME", "FROM", "STATUS", "DESCRIPTION"]
     assert any(
         line.split()[:4] == ["exporter", "csv", "osteomics-test-plugins", "0.1"] for line in lines
     )
-    broken = [line for line in lines if line.startswith("broken")]
+    broken = [line for line in lines if line.split()[4:5] == ["broken"]]
     assert len(broken) == 4
     assert any("needs libfoo.so" in line for line in broken)
     assert "Traceback" not in done.stdout + done.stderr
