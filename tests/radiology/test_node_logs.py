@@ -10,6 +10,7 @@ import ast
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,3 +156,35 @@ def test_dimse_connector_and_pacs_share_types_from_pacs_types_only() -> None:
     assert "osteomics.radiology.node" not in _imported_modules(plugin)
     assert "osteomics.radiology.pacs_types" in _imported_modules(plugin)
     assert "osteomics.radiology.pacs_types" in _imported_modules(RADIOLOGY / "pacs.py")
+
+
+@pytest.mark.filterwarnings("ignore:The value length:UserWarning")  # an over-long SH in STS
+def test_node_logs_the_quiet_study_job_and_jobs_claimed_done_failed_never_the_patient(
+    node: RunningNode, sts001_ct: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a worker does with the node's jobs is in the node's log (`node serve` shows these
+    loggers at INFO): the quiet study's job queued, claimed, done, failed."""
+    first = pydicom.dcmread(sts001_ct[0], stop_before_pixels=True)
+    with caplog.at_level(logging.INFO, logger="osteomics"):
+        _store_then(node.port, sts001_ct[:2], "release")
+        # The study is quiet as of a minute from now (explicit time, no waiting).
+        node.jobs.queue_quiet_studies(1, now=time.time() + 60)
+        job = node.jobs.claim()
+        assert job is not None
+        node.jobs.complete(job)
+        _store_then(node.port, sts001_ct[2:3], "release")  # a new quiet period, a new job
+        node.jobs.queue_quiet_studies(1, now=time.time() + 120)
+        second = node.jobs.claim()
+        assert second is not None and second.id != job.id
+        node.jobs.fail(second, "geometry error", retry=False)
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("osteomics")]
+    for expected in (
+        f"queued job {job.id}: study_complete",
+        f"claimed job {job.id} (study_complete, attempt 1)",
+        f"job {job.id} done",
+        f"queued job {second.id}: study_complete",
+        f"job {second.id} failed (attempt 1), now failed: geometry error",
+    ):
+        assert any(m.startswith(expected) for m in lines), (expected, lines)
+    assert str(first.PatientID) not in caplog.text
+    assert str(first.PatientName) not in caplog.text
