@@ -410,3 +410,29 @@ def test_node_serve_runs_the_radiomics_worker_on_a_quiet_study(
     finally:
         node.stop()
     _same_values(pd.read_parquet(table_path), expected_ct)
+
+
+def test_cli_on_a_study_folder_with_two_contoured_mr_series_asks_which_and_series_picks(
+    tmp_path: Path, two_mr_series: dict[str, object]
+) -> None:
+    """Bug 1 in `osteomics radiomics STUDY_FOLDER`: with two contoured MR series the error says
+    so and names them; `--series` picks one, whose features are those of its own folder."""
+    d = two_mr_series
+    study = tmp_path / "study"
+    for name in ("t1", "stir"):
+        (study / name).mkdir(parents=True)
+        for path in [*d[f"{name}_files"], d[f"{name}_rs"]]:  # type: ignore[misc]
+            (study / name / f"{len(list((study / name).iterdir()))}.dcm").symlink_to(path)
+    out = tmp_path / "f.parquet"
+    cmd = [sys.executable, "-m", "osteomics.cli.main", "radiomics", str(study), "--modality", "MR",
+           "--config", "mr", "--out", str(out)]  # fmt: skip
+    both = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert both.returncode == 1 and "several image series with a contour" in both.stderr
+    assert str(d["stir_uid"])[-12:] in both.stderr and "Traceback" not in both.stderr
+    picked = subprocess.run(
+        [*cmd, "--series", str(d["stir_uid"])], capture_output=True, text=True, timeout=300
+    )
+    assert picked.returncode == 0, picked.stderr
+    table = pd.read_parquet(out)
+    assert set(table.series) == {d["stir_uid"]} and set(table.roi) == {"GTV_Mass_MR_STIR"}
+    _same_values(table, d["stir"])  # type: ignore[arg-type]
