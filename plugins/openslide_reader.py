@@ -53,6 +53,7 @@ class OpenSlideSlide(Slide):
         # For DICOM WSI, OpenSlide finds the other instances of the series next to this one.
         self._osr: Any = openslide.OpenSlide(str(self.source.files[0]))
         self._direct: DirectTileDecoder | None = None
+        self._direct_failed: set[int] = set()  # levels whose direct decoding raised
         if direct_decoding_enabled() and _is_tiff(self.source.files[0]):
             try:
                 self._direct = DirectTileDecoder(
@@ -78,18 +79,33 @@ class OpenSlideSlide(Slide):
     def _read_region_raw(
         self, location_px: tuple[int, int], level: int, size_px: tuple[int, int]
     ) -> Image.Image | np.ndarray:
-        if self._direct is not None and level in self._direct.levels:
+        if (
+            self._direct is not None
+            and level in self._direct.levels
+            and level not in self._direct_failed
+        ):
             downsample = self._osr.level_downsamples[level]
             x, y = round(location_px[0] / downsample), round(location_px[1] / downsample)
             if round(x * downsample) == location_px[0] and round(y * downsample) == location_px[1]:
-                pixels = self._direct.read(
-                    (x, y),
-                    level,
-                    size_px,
-                    reference=lambda: rgba_to_rgb(
-                        self._osr.read_region(location_px, level, size_px)
-                    ),
-                )
+                try:
+                    pixels = self._direct.read(
+                        (x, y),
+                        level,
+                        size_px,
+                        reference=lambda: rgba_to_rgb(
+                            self._osr.read_region(location_px, level, size_px)
+                        ),
+                    )
+                except Exception as exc:  # the shortcut is optional; OpenSlide reads everything
+                    # (NDPI levels look tiled to tifffile but do not decode tile by tile)
+                    log.info(
+                        "%s level %d: direct decoding failed (%s); OpenSlide reads it",
+                        self.source.name,
+                        level,
+                        exc,
+                    )
+                    self._direct_failed.add(level)
+                    pixels = None
                 if pixels is not None:
                     return pixels
         return self._osr.read_region(location_px, level, size_px)

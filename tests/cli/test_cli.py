@@ -204,7 +204,7 @@ def test_tile_json_exit_codes_and_resume(
     tiles = record["summary"]["tiles"]
     assert record["summary"] == {"slides": 1, "ok": 1, "error": 0, "resumed": 0, "tiles": tiles}
     assert record["parameters"]["target_mpp"] == 4.0 and record["parameters"]["tile_px"] == 128
-    assert record["workers"] == 1
+    assert record["compute"]["workers"] == 1
     assert len(pd.read_parquet(out / good.stem / "tiles.parquet")) == tiles > 0
     assert "Traceback" not in done.stderr
 
