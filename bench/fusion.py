@@ -107,7 +107,7 @@ def _pet_mask(rtstruct: Path, image: object) -> object:
 def extract(limit: int | None = None) -> pd.DataFrame:
     """PET radiomics of the STS patients, every variant; cached per patient in OUT/cache."""
     from osteomics.radiology.radiomics import extract_features
-    from osteomics.radiology.radiomics.dicom import read_dicom_series, read_rtstruct_mask
+    from osteomics.radiology.radiomics.dicom import read_dicom_series
 
     configs = {name: _variant_config(name) for name in PET_VARIANTS}
     cache = OUT / "cache"
@@ -177,15 +177,13 @@ def ibsi_agreement(config: str = "pet") -> pd.DataFrame:
     ours = pd.read_parquet(PET_TABLE)
     ours = ours[ours["config"] == config]
     teams = pd.read_csv(IBSI_TABLE, low_memory=False)
-    teams = teams[(teams["modality"] == "PET") & (teams["value_set"] == 1)].dropna(
-        subset=["value"]
-    )
+    teams = teams[(teams["modality"] == "PET") & (teams["value_set"] == 1)].dropna(subset=["value"])
     key = ["patient_id", "feature_family", "feature_name"]
     stats = teams.groupby(key)["value"].agg(["min", "max", "median", "count"]).reset_index()
     stats = stats[stats["count"] >= 5]
     ours = ours.rename(
         columns={"patient": "patient_id", "family": "feature_family", "feature": "feature_name"}
-    )[key + ["value"]]
+    )[[*key, "value"]]
     joined = stats.merge(ours, on=key, how="inner")
     span = joined["max"] - joined["min"]
     tol = 1e-6 * np.maximum(1.0, joined[["min", "max"]].abs().max(axis=1))
@@ -265,10 +263,10 @@ columns = ["mean_slide_percent_necrosis", "mean_slide_percent_tumor_cells",
 
 
 def validate(permutations: int, repeats: int) -> dict[str, object]:
+    from osteomics.core.provenance import utc_now
     from osteomics.fusion.cohort import load_cohort_spec
     from osteomics.fusion.model import FitSettings
     from osteomics.fusion.signature import fit_signature, summary_json, write_signature
-    from osteomics.core.provenance import utc_now
 
     paths = write_cohorts(OUT / "cohorts")
     results: dict[str, object] = {}

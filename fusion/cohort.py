@@ -267,6 +267,8 @@ def load_cohort_spec(path: Path) -> CohortSpec:
     base = path.parent
 
     def table_path(where: str, value: Any) -> Path:
+        if value is None:
+            raise CohortConfigError(f"{where}: missing key 'table' (a CSV or Parquet file)")
         p = Path(_str(where, value, "table"))
         p = p if p.is_absolute() else base / p
         if not p.is_file():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,8 +135,18 @@ def fit_combat(
         )
         return params, out
     covars = pd.DataFrame({"batch": batch})
-    with contextlib.redirect_stdout(io.StringIO()):  # neuroCombat prints its progress
-        result = neuroCombat(dat=values[:, idx].T, covars=covars, batch_col="batch")
+    # The empirical-Bayes priors pool over features: with one feature there is nothing to pool
+    # (their variance has no degree of freedom), so location/scale are used unshrunk.
+    eb = idx.size >= 2
+    # neuroCombat prints its progress, and computes the (unused) priors even without eb
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = neuroCombat(dat=values[:, idx].T, covars=covars, batch_col="batch", eb=eb)
+    if not np.isfinite(result["data"]).all():
+        raise BlockDataError(
+            f"{where}: ComBat gave non-finite values (a feature with almost no variance "
+            "inside a batch?); drop batch = or the offending features"
+        )
     est = result["estimates"]
     stand_mean = est["stand.mean"][:, 0] + est["mod.mean"].mean(axis=1)
     params = ComBatParameters(

@@ -95,7 +95,7 @@ def score_from_linear(target: str, lp: np.ndarray) -> np.ndarray:
     return _sigmoid(lp) if target == "binary" else lp
 
 
-def _stratified_folds(label: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def stratified_folds(label: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedKFold
 
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -128,7 +128,7 @@ def fit_binary(
     x: np.ndarray, y: np.ndarray, names: list[str], settings: FitSettings, seed: int
 ) -> LinearModel:
     """Elastic-net logistic regression with C chosen by inner stratified CV (pooled AUC)."""
-    folds = _stratified_folds(y, settings.inner_folds, seed)
+    folds = stratified_folds(y, settings.inner_folds, seed)
     best_c, best_auc = C_GRID[0], -np.inf
     for c in C_GRID:
         pooled = np.zeros(len(y))
@@ -174,7 +174,7 @@ def fit_survival(
         warnings.simplefilter("ignore")
         path = _coxnet(settings.l1_ratio).fit(x, y)
         alphas = np.asarray(path.alphas_)
-        folds = _stratified_folds(event, settings.inner_folds, seed)
+        folds = stratified_folds(event, settings.inner_folds, seed)
         scores = np.zeros(len(alphas))
         for train, test in folds:
             model = _coxnet(settings.l1_ratio, alphas).fit(x[train], y[train])
@@ -300,7 +300,7 @@ def cross_validated_scores(
     scores = {m: np.full((repeats, n), np.nan) for m in models}
     label = _outer_label(cohort, event, settings.folds)
     for r in range(repeats):
-        for k, (train, test) in enumerate(_stratified_folds(label, settings.folds, seed + r)):
+        for k, (train, test) in enumerate(stratified_folds(label, settings.folds, seed + r)):
             transforms, train_x = fit_transforms(cohort, train, settings)
             test_x = transform_rows(cohort, transforms, test)
             inner_seed = seed + 1000 * (r + 1) + k

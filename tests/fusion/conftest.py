@@ -16,6 +16,12 @@ QUICK = FitSettings(
 
 
 @pytest.fixture(scope="session")
+def quick() -> FitSettings:
+    """:data:`QUICK`."""
+    return QUICK
+
+
+@pytest.fixture(scope="session")
 def sts_clinical(data_dir: Path) -> Path:
     return (data_dir / "radiology" / "sts-clinical.csv").resolve()
 

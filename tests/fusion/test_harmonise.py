@@ -41,9 +41,9 @@ def test_apply_reproduces_neurocombat(tcga_sites: tuple[np.ndarray, np.ndarray])
     params, harmonised = fit_combat(x, site, FEATURES)
     assert params.features == FEATURES
     with contextlib.redirect_stdout(io.StringIO()):
-        reference = neuroCombat(
-            dat=x.T, covars=pd.DataFrame({"batch": site}), batch_col="batch"
-        )["data"].T
+        reference = neuroCombat(dat=x.T, covars=pd.DataFrame({"batch": site}), batch_col="batch")[
+            "data"
+        ].T
     np.testing.assert_allclose(harmonised, reference, rtol=1e-10, atol=1e-8)
     np.testing.assert_allclose(apply_combat(x, site, FEATURES, params), reference, atol=1e-8)
     # and the estimates survive a JSON round trip
