@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 #: The job kind queued when a study has been quiet for ``study_quiet_seconds``.
 STUDY_COMPLETE = "study_complete"
 
-JobState = Literal["queued", "running", "done", "failed"]
-JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed")
+JobState = Literal["queued", "running", "done", "skipped", "failed"]
+JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "skipped", "failed")
 
 #: Seconds a claim lasts unless extended by :meth:`JobQueue.heartbeat`.
 DEFAULT_LEASE_SECONDS = 600.0
@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     kind            TEXT NOT NULL,              -- e.g. 'study_complete'
     study_uid       TEXT,
-    state           TEXT NOT NULL,              -- 'queued', 'running', 'done', 'failed'
+    state           TEXT NOT NULL,              -- 'queued', 'running', 'done', 'skipped', 'failed'
     attempts        INTEGER NOT NULL DEFAULT 0,
     created         REAL NOT NULL,
     updated         REAL NOT NULL,
@@ -330,6 +330,27 @@ class JobQueue:
                 (now,),
             )
         log.info("job %d done", job.id)
+        return self._get(job.id)
+
+    def skip(self, job: Job, reason: str, now: float | None = None) -> Job:
+        """End a job this worker holds as ``skipped``: nothing was asked of it (a study without
+        contours for the radiomics job), which is neither a result nor a failure.
+
+        Raises
+        ------
+        JobLeaseLostError
+            The lease expired meanwhile.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            self._update_held_locked(
+                db,
+                job,
+                now,
+                "state = 'skipped', updated = ?, lease_until = NULL, claim_token = NULL, error = ?",
+                (now, reason),
+            )
+        log.info("job %d skipped", job.id)
         return self._get(job.id)
 
     def fail(self, job: Job, error: str, retry: bool = True, now: float | None = None) -> Job:

@@ -16,8 +16,9 @@ the DICOM tree): ``features.parquet`` and ``features.provenance.json``, each ato
 Idempotent, as the at-least-once queue requires: a job that runs again overwrites the same two
 files with the results of the whole study.
 
-A job never ends ``done`` without output: a study with no contoured series of a configured
-modality, or no ROI matching the pattern, fails the job (for good: the data will not change)
+A study with no RTSTRUCT or SEG at all asks for nothing: its job ends ``skipped`` with that
+reason. Otherwise a job never ends ``done`` without output: a study whose contours reference
+no series of a configured modality, or have no ROI matching the pattern, fails the job (for good: the data will not change)
 with the reason per modality in the job's ``error`` (``osteomics node status`` counts it as
 failed). Errors in the data (:class:`RadiomicsError`: geometry, ROI outside the image...) fail
 the job for good too; other errors (I/O) are retried by the queue.
@@ -193,8 +194,8 @@ def process_next(
     Returns
     -------
     (Job, StudyRadiomics or None) or None
-        The job as it ended (``done``, ``queued`` again or ``failed``) and the result (None on
-        failure); None when no job was queued.
+        The job as it ended (``done``, ``skipped``, ``queued`` again or ``failed``) and the
+        result (None unless done); None when no job was queued.
     """
     from osteomics.radiology.radiomics.errors import RadiomicsError
 
@@ -205,6 +206,10 @@ def process_next(
         return queue.fail(job, "radiomics: the job names no study", retry=False), None
     study_uid = job.study_uid
     held = [job]
+    summary = store.study(study_uid)
+    contours = {"RTSTRUCT", "SEG"} & set(summary.modalities if summary else ())
+    if not contours:  # nothing was asked of this study: not a result, not a failure
+        return queue.skip(job, "radiomics: no RTSTRUCT or SEG in the study"), None
 
     def heartbeat() -> None:
         held[0] = queue.heartbeat(held[0])

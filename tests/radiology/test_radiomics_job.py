@@ -200,6 +200,25 @@ def test_a_study_with_nothing_to_extract_fails_its_job_with_the_reason(
             assert not output_paths(store, study_uid)[0].parent.exists()
 
 
+def test_a_study_without_contours_skips_its_job_instead_of_failing_it(
+    tmp_path: Path, sts001_study_files: list[Path]
+) -> None:
+    """A plain CT study (no RTSTRUCT, no SEG) asks for no radiomics: its job ends ``skipped``
+    with the reason, neither ``done`` (no output) nor ``failed`` (nothing went wrong)."""
+    root = tmp_path / "plain"
+    ct_only = [f for f in sts001_study_files if f.name != "RS.dcm"]
+    study_uid = _fill_store(root, ct_only)
+    with DicomStore(root) as store, JobQueue(root) as queue:
+        (queued,) = queue.queue_quiet_studies(0.0, now=time.time() + 1)
+        done = process_next(queue, store, CT_ONLY)
+        assert done is not None
+        job, result = done
+        assert (job.id, job.state, result) == (queued.id, "skipped", None)
+        assert job.error == "radiomics: no RTSTRUCT or SEG in the study"
+        assert queue.counts() == {"skipped": 1}
+        assert not output_paths(store, study_uid)[0].parent.exists()
+
+
 # --- Bug 1: several image series of one modality --------------------------------------------
 
 
