@@ -18,10 +18,11 @@ files with the results of the whole study.
 
 A study with no RTSTRUCT or SEG at all asks for nothing: its job ends ``skipped`` with that
 reason. Otherwise a job never ends ``done`` without output: a study whose contours reference
-no series of a configured modality, or have no ROI matching the pattern, fails the job (for good: the data will not change)
-with the reason per modality in the job's ``error`` (``osteomics node status`` counts it as
-failed). Errors in the data (:class:`RadiomicsError`: geometry, ROI outside the image...) fail
-the job for good too; other errors (I/O) are retried by the queue.
+no series of a configured modality, or have no ROI matching the pattern, fails the job (for
+good: the data will not change) with the reason per modality in the job's ``error``
+(``osteomics node status`` counts it as failed). Errors in the data (:class:`RadiomicsError`:
+geometry, ROI outside the image...) fail the job for good too; other errors (I/O) are retried
+by the queue.
 
 Logs name studies by their UID, never by patient.
 """
