@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from osteomics.wsi.cluster import dask_client
+from osteomics.wsi.grid import read_tiles
 from osteomics.wsi.labelled import LabelledTile, read_labelled_folder
 from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_layout
 from osteomics.wsi.necrosis import huvos_grade, responder
 from osteomics.wsi.scoring import NecrosisParameters, score_slides
 from osteomics.wsi.slide import open_slide
-from osteomics.wsi.grid import read_tiles
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "osteosarcoma-tiles"
 CACHE = Path(__file__).resolve().parent / "out"

@@ -14,16 +14,24 @@ tiles in ../shared/data/osteosarcoma-tiles, then, in the same run and on the sam
 It also reports peak memory per worker for two slide sizes (it must not grow with the slide)
 and checks that both runs saw the same tiles. The last line is the ratio.
 
+A second case (issue 9) runs the whole ``osteomics tile`` command, as a user does, on a
+0.5 µm/px mosaic stored in 512 px JPEG tiles, asking for 256 px tiles at 0.5 µm/px (no
+requested tile is a stored tile), against the same plain read loop over the same grid.
+
 Usage: python bench/tiling.py [--workers 2] [--cells 20] [--small-cells 10] [--repeat 3]
+       [--case aligned|misaligned|both] [--misaligned-cells 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -87,7 +95,18 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=20, help="mosaic side in 1024 px cells")
     parser.add_argument("--small-cells", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--misaligned-cells", type=int, default=8, help="misaligned mosaic side in 2048 px cells"
+    )
+    parser.add_argument(
+        "--case", choices=("aligned", "misaligned", "both"), default="both", help="which case"
+    )
     args = parser.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if args.case in ("misaligned", "both"):
+        misaligned_case(args)
+    if args.case == "misaligned":
+        return
     CACHE.mkdir(parents=True, exist_ok=True)
     big = build_slide(args.cells, seed=1)
     small = build_slide(args.small_cells, seed=2)
@@ -132,6 +151,63 @@ def main() -> None:
         f"{ceiling_med:.0f} tiles/s ({args.workers} workers, median of {args.repeat})"
     )
     print(f"ratio osteomics/ceiling = {ours_med / ceiling_med:.2f}")
+
+
+def build_misaligned_slide(cells: int, seed: int) -> Path:
+    """cells x cells mosaic of 2048 px cells at 0.5 µm/px, stored in 512 px JPEG tiles."""
+    path = CACHE / f"mosaic-0.5um-{cells}x{cells}-512px-seed{seed}.tiff"
+    if not path.exists():
+        tiles = read_labelled_folder(DATA)
+        layout = random_layout(tiles, cells, cells, glass_fraction=0.25, seed=seed)
+        t0 = time.perf_counter()
+        build_mosaic_slide(path, layout, source_mpp=1.0, cell_px=2048, tile_px=512, seed=seed)
+        print(f"built {path.name} in {time.perf_counter() - t0:.1f} s")
+    return path
+
+
+def command_tiles_per_s(slide: Path, workers: int, mpp: float, tile_px: int) -> tuple[float, int]:
+    """The whole `osteomics tile` command as a user runs it (process start, cluster start,
+    planning, reads, zarr writes, run.json): tiles/s of wall time, and the tile count."""
+    out = Path(tempfile.mkdtemp(prefix="osteomics-bench-cmd-", dir=CACHE))
+    try:
+        command = [
+            sys.executable, "-m", "osteomics.cli.main", "tile", str(slide), "--out", str(out),
+            "--mpp", str(mpp), "--tile-px", str(tile_px), "--workers", str(workers), "--json",
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"osteomics tile failed:\n{done.stderr}")
+        n_tiles = json.loads(done.stdout)["summary"]["tiles"]
+        coords = pd.read_parquet(next(out.glob("*/tiles.parquet")))[["x_px", "y_px"]]
+        np.save(CACHE / "misaligned-coords.npy", coords.to_numpy())
+        return n_tiles / elapsed, n_tiles
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def misaligned_case(args: argparse.Namespace) -> None:
+    """Issue 9's case: 256 px tiles at 0.5 µm/px over a slide stored in 512 px JPEG tiles, so
+    no requested tile is a stored tile; the whole command against the plain read loop."""
+    slide = build_misaligned_slide(args.misaligned_cells, seed=3)
+    ours, ceiling = [], []
+    for repeat in range(args.repeat):
+        rate, n_tiles = command_tiles_per_s(slide, args.workers, 0.5, 256)
+        coords = np.load(CACHE / "misaligned-coords.npy")
+        ours.append(rate)
+        ceiling.append(ceiling_tiles_per_s(slide, coords, args.workers, 256))
+        print(
+            f"misaligned repeat {repeat}: {n_tiles} tissue tiles; `osteomics tile` command "
+            f"{ours[-1]:.0f} tiles/s, plain OpenSlide read loop {ceiling[-1]:.0f} tiles/s"
+        )
+    ours_med, ceiling_med = statistics.median(ours), statistics.median(ceiling)
+    print(
+        f"misaligned ({args.misaligned_cells * 2048} px square at 0.5 µm/px, 512 px stored "
+        f"tiles, 256 px requested): command {ours_med:.0f} tiles/s, read loop "
+        f"{ceiling_med:.0f} tiles/s ({args.workers} workers, median of {args.repeat})"
+    )
+    print(f"ratio osteomics tile command/read loop (misaligned) = {ours_med / ceiling_med:.2f}")
 
 
 def run_tiling(client: object, slide: Path, params: TilingParameters) -> tuple:
