@@ -59,7 +59,9 @@ class DirectTileDecoder:
         self._tiff = tifffile.TiffFile(str(path))
         self._fd = self._tiff.filehandle.fileno()
         self._levels: dict[int, _LevelPage] = {}
-        pages = list(self._tiff.series[0].levels) if self._tiff.series else []
+        # NDPI pages look tiled to tifffile but their JPEG stripes do not decode one by one.
+        served = self._tiff.series and not self._tiff.is_ndpi
+        pages = list(self._tiff.series[0].levels) if served else []
         for index, (width, height) in enumerate(level_dimensions):
             for level in pages:
                 page = level.keyframe
