@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import html
 import io
 import logging
@@ -19,10 +20,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from osteomics.core.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from osteomics.core.files import (
+    write_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from osteomics.wsi.necrosis import CLASS_STYLE, TISSUE_CLASSES
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from osteomics.wsi.results import CaseNecrosis, NecrosisRun, SlideNecrosis, SlideTiles
 
 log = logging.getLogger(__name__)
@@ -86,6 +94,24 @@ def heatmap_png(tiles: SlideTiles, alpha: float = 0.45) -> bytes:
     return out.getvalue()
 
 
+def tiles_table(slide: str, tiles: SlideTiles) -> pd.DataFrame:
+    """Per-tile data of a scored slide (``slides/<slide>.tiles.parquet``): level-0 pixel
+    position and side of each tile, its tissue fraction and one ``p_<class>`` column per
+    tissue class (the model's calibrated probabilities)."""
+    import pandas as pd
+
+    columns: dict[str, Any] = {
+        "slide": [slide] * len(tiles.x_px),
+        "x_px": np.asarray(tiles.x_px, dtype=np.int64),
+        "y_px": np.asarray(tiles.y_px, dtype=np.int64),
+        "side_px": np.full(len(tiles.x_px), float(tiles.side_px)),
+        "tissue_fraction": np.asarray(tiles.tissue_fraction, dtype=np.float64),
+    }
+    for k, name in enumerate(tiles.classes):
+        columns[f"p_{name}"] = np.asarray(tiles.probabilities[:, k], dtype=np.float64)
+    return pd.DataFrame(columns)
+
+
 def write_necrosis_outputs(run: NecrosisRun, out_dir: Path) -> None:
     """Write every output of a necrosis run into ``out_dir`` (atomically, file by file)."""
     from osteomics.core.plugins import discover_plugins
@@ -100,7 +126,13 @@ def write_necrosis_outputs(run: NecrosisRun, out_dir: Path) -> None:
             continue
         heatmaps[row.slide] = heatmap_png(tiles)
         write_bytes_atomic(slides_dir / f"{row.slide}.heatmap.png", heatmaps[row.slide])
+        write_atomic(
+            slides_dir / f"{row.slide}.tiles.parquet",
+            functools.partial(tiles_table(row.slide, tiles).to_parquet, index=False),
+        )
         for exporter in exporters:
+            if getattr(exporter.factory, "scope", "slide") != "slide":
+                continue  # a run-level exporter (DICOM SR/SEG): `osteomics export-dicom`
             try:
                 exporter.factory(row, tiles, slides_dir)
             except Exception as exc:  # an exporter's failure must not lose the results
