@@ -9,7 +9,7 @@ import typer
 
 from osteomics.cli.necrosis import report
 from osteomics.cli.tile import progress_bar
-from osteomics.wsi.demo import build_demo_case
+from osteomics.wsi.demo import DemoSlide, build_demo_case
 from osteomics.wsi.scoring import NecrosisParameters, score_slides
 
 
@@ -24,7 +24,7 @@ def demo(
     The slides are tiled TIFFs at 2 µm/px with their true composition next to them
     (``OUT/slides/*.json``); the report is ``OUT/necrosis/report.html``.
     """
-    slides = build_demo_case(out / "slides", n_slides=3)
+    slides = _build_with_progress(out / "slides", n_slides=3)
     cases_csv = out / "slides" / "cases.csv"
     with open(cases_csv, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -50,3 +50,18 @@ def demo(
     )
     if not run.ok:
         raise typer.Exit(1)
+
+
+def _build_with_progress(folder: Path, n_slides: int) -> list[DemoSlide]:
+    """Build the demo slides with a progress bar on stderr (a few seconds each)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("building demo slides"), BarColumn(), MofNCompleteColumn(),
+        console=Console(stderr=True),
+    ) as bar:  # fmt: skip
+        task = bar.add_task("build", total=n_slides)
+        return build_demo_case(
+            folder, n_slides=n_slides, progress=lambda done, _: bar.update(task, completed=done)
+        )

@@ -89,8 +89,12 @@ def progress_bar() -> Iterator[Callable[[SlideProgress], None]]:
         console=console,
     ) as bar:
         tasks: dict[str, TaskID] = {}
+        # Until the first slide is planned, say what is happening (cluster start, tissue).
+        starting: list[TaskID] = [bar.add_task("starting workers, finding tissue", total=None)]
 
         def on_progress(event: SlideProgress) -> None:
+            if starting:
+                bar.remove_task(starting.pop())
             if event.slide not in tasks:
                 tasks[event.slide] = bar.add_task(event.slide, total=None)
             failed = event.status == "error"
