@@ -19,7 +19,7 @@ A second case (issue 9) runs the whole ``osteomics tile`` command, as a user doe
 requested tile is a stored tile), against the same plain read loop over the same grid.
 
 Usage: python bench/tiling.py [--workers 2] [--cells 20] [--small-cells 10] [--repeat 3]
-       [--case aligned|misaligned|both] [--misaligned-cells 8]
+       [--case aligned|misaligned|both] [--misaligned-cells 16]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--small-cells", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
-        "--misaligned-cells", type=int, default=8, help="misaligned mosaic side in 2048 px cells"
+        "--misaligned-cells", type=int, default=16, help="misaligned mosaic side in 2048 px cells"
     )
     parser.add_argument(
         "--case", choices=("aligned", "misaligned", "both"), default="both", help="which case"
