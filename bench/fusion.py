@@ -118,7 +118,8 @@ def extract(limit: int | None = None) -> pd.DataFrame:
         patient = folder.parent.name
         path = cache / f"{patient}.parquet"
         if path.is_file():
-            frames.append(pd.read_parquet(path))
+            cached = pd.read_parquet(path)
+            frames.append(cached.assign(modality=cached["modality"].replace({"PET": "PT"})))
             continue
         t0 = time.perf_counter()
         image = read_dicom_series(folder / "image")
@@ -128,7 +129,7 @@ def extract(limit: int | None = None) -> pd.DataFrame:
             for v in extract_features(image.volume, mask, config):  # type: ignore[arg-type]
                 info = image.info
                 rows.append(
-                    (info.patient, info.study, info.series, "PET", mask.name, v.family,
+                    (info.patient, info.study, info.series, info.modality, mask.name, v.family,
                      v.feature, v.ibsi_id, v.value, name)
                 )  # fmt: skip
         frame = pd.DataFrame(
@@ -256,13 +257,35 @@ columns = ["mean_slide_percent_necrosis", "mean_slide_percent_tumor_cells",
            "mean_slide_percent_stromal_cells", "mean_slide_percent_lymphocyte_infiltration",
            "sarc2017_mitotic_rate"]
 """
-    paths = {"sts": folder / "sts-lung-mets.toml", "tcga": folder / "tcga-sarc-pfi.toml"}
+    review = f"""id_column = "patient_id"
+[outcome]
+table = "{tcga}"
+event = "os"
+time = "os_days"
+
+[[block]]
+name = "slide"
+table = "{tcga}"
+columns = ["mean_slide_percent_necrosis", "mean_slide_percent_tumor_cells",
+           "mean_slide_percent_stromal_cells", "mean_slide_percent_lymphocyte_infiltration"]
+
+[[block]]
+name = "review"
+table = "{tcga}"
+columns = ["sarc2017_mitotic_rate", "sarc2017_necrosis_score", "sarc2017_fnclcc_grade"]
+"""
+    paths = {
+        "sts": folder / "sts-lung-mets.toml",
+        "tcga": folder / "tcga-sarc-pfi.toml",
+        "tcga-os": folder / "tcga-sarc-os-slide-review.toml",
+    }
     paths["sts"].write_text(sts)
     paths["tcga"].write_text(tcga_text)
+    paths["tcga-os"].write_text(review)
     return paths
 
 
-def validate(permutations: int, repeats: int) -> dict[str, object]:
+def validate(permutations: int, repeats: int, only: list[str] | None = None) -> dict[str, object]:
     from osteomics.core.provenance import utc_now
     from osteomics.fusion.cohort import load_cohort_spec
     from osteomics.fusion.model import FitSettings
@@ -271,6 +294,8 @@ def validate(permutations: int, repeats: int) -> dict[str, object]:
     paths = write_cohorts(OUT / "cohorts")
     results: dict[str, object] = {}
     for name, path in paths.items():
+        if only and name not in only:
+            continue
         settings = FitSettings(repeats=repeats, permutations=permutations, seed=0)
         started = utc_now()
         result = fit_signature(load_cohort_spec(path), settings)
@@ -364,6 +389,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="ratio to plain scikit-learn")
     parser.add_argument("--permutations", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cohorts", nargs="+", default=None, help="sts, tcga, tcga-os")
     args = parser.parse_args()
     if not (args.extract or args.ibsi or args.validate or args.speed):
         args.speed = True
@@ -375,8 +401,11 @@ def main() -> None:
         print(agreement.to_string(index=False))
         agreement.to_csv(OUT / "ibsi_agreement.csv", index=False)
     if args.validate:
-        results = validate(args.permutations, args.repeats)
-        (OUT / "validation.json").write_text(json.dumps(results, indent=2) + "\n")
+        results = validate(args.permutations, args.repeats, args.cohorts)
+        out = OUT / (
+            "validation.json" if not args.cohorts else f"validation-{'-'.join(args.cohorts)}.json"
+        )
+        out.write_text(json.dumps(results, indent=2) + "\n")
     if args.speed:
         t_ours, t_plain, n_features = speed(args.repeats)
         print(

@@ -252,6 +252,10 @@ def signature_document(result: FitResult, started: str, finished: str) -> dict[s
             "where": b.spec.where,
             "batch": b.spec.batch,
             "categorical": list(b.categorical),
+            "columns": list(b.spec.columns) if b.spec.columns is not None else None,
+            "feature": b.spec.feature,
+            "value": b.spec.value,
+            "exclude": list(b.spec.exclude),
             "n_input_features": int(b.features.shape[1]),
             "preprocessing": result.transforms[name].to_json(),
         }
@@ -451,3 +455,101 @@ def apply_signature(
             ci = bootstrap_ci(lambda i: c_index(t[i], e[i], score[i]), len(score), 1000, seed)
             metric = {"c_index": value, "ci": list(ci)}
     return Scores(table, cohort, name, _round(metric) if metric else None)
+
+
+# --------------------------------------------------------------------------- one study
+
+
+def cohort_spec_for(
+    signature: Signature, tables: dict[str, Path], model_name: str | None = None
+) -> CohortSpec:
+    """A cohort spec that reads each block of the model from ``tables`` (block name -> table)
+    with the format, ID column, filters and columns recorded in the signature.
+
+    Raises
+    ------
+    SignatureError
+        A block of the model without a table.
+    """
+    from osteomics.fusion.cohort import BlockSpec
+
+    model = signature.model(model_name)
+    missing = [b for b in model["blocks"] if b not in tables]
+    if missing:
+        raise SignatureError(
+            f"{signature.path}: no table given for block(s) {', '.join(missing)} of the model"
+        )
+    blocks = []
+    for name in model["blocks"]:
+        b = signature.document["blocks"][name]
+        blocks.append(
+            BlockSpec(
+                name=name,
+                table=Path(tables[name]),
+                format=b["format"],
+                id=b["id"],
+                feature=b.get("feature"),
+                value=b.get("value"),
+                where=dict(b.get("where") or {}),
+                batch=b.get("batch"),
+                columns=tuple(b["columns"]) if b.get("columns") is not None else None,
+                categorical=tuple(b.get("categorical", [])),
+                exclude=tuple(b.get("exclude", [])),
+            )
+        )
+    return CohortSpec(
+        path=signature.path / SIGNATURE_FILE, id_column="patient_id", outcome=None,
+        blocks=tuple(blocks),
+    )  # fmt: skip
+
+
+def score_study(
+    signature: Signature,
+    radiomics_table: Path,
+    other_tables: dict[str, Path],
+    out_csv: Path,
+    model_name: str | None = None,
+) -> Path | None:
+    """Score the patient(s) of one study's radiomics table (the node's hook).
+
+    Every ``radiomics``-format block of the model reads ``radiomics_table``; the other blocks read
+    ``other_tables`` (e.g. the pathology table). Writes ``out_csv`` (``signature apply``'s columns)
+    and its provenance next to it (``.provenance.json``), atomically.
+
+    Returns
+    -------
+    Path or None
+        ``out_csv``, or None when no patient of the study has every block (for example the
+        pathology table does not have the patient yet).
+    """
+    from osteomics.fusion.errors import CohortJoinError
+
+    started = utc_now()
+    model = signature.model(model_name)
+    tables = dict(other_tables)
+    for name in model["blocks"]:
+        if signature.document["blocks"][name]["format"] == "radiomics":
+            tables[name] = Path(radiomics_table)
+    spec = cohort_spec_for(signature, tables, model_name)
+    try:
+        scores = apply_signature(signature, spec, model_name)
+    except CohortJoinError:
+        return None
+    if scores.table.empty:
+        return None
+    out_csv = Path(out_csv)
+    from osteomics.core.files import atomic_path
+
+    with atomic_path(out_csv) as tmp:
+        scores.table.to_csv(tmp, index=False, float_format="%.6g")
+    record = provenance(
+        "signature apply",
+        parameters={"signature": str(signature.path), "model": scores.model},
+        started=started,
+        finished=utc_now(),
+        inputs=[input_record(signature.path / SIGNATURE_FILE, "signature")]
+        + [input_record(p, f"block:{n}") for n, p in sorted(tables.items())],
+    )
+    record["output"] = str(out_csv)
+    write_json_atomic(out_csv.with_name(out_csv.stem + ".provenance.json"), record)
+    return out_csv

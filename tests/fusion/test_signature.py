@@ -299,3 +299,49 @@ def test_planted_signal_is_found(pet_only: Path) -> None:
     for feature in planted:
         twins = {rep for rep, members in clusters.items() if feature in members}
         assert twins & selected, (feature, twins, sorted(selected))
+
+
+def test_score_one_study_for_the_node(
+    tmp_path: Path, ibsi_features: Path, sts_clinical: Path, quick: FitSettings
+) -> None:
+    """The node hook's verb: one study's radiomics table + the pathology table -> scores."""
+    from osteomics.fusion.signature import score_study
+    from osteomics.radiology.radiomics_job import COLUMNS
+
+    teams = pd.read_csv(ibsi_features, low_memory=False)
+    one = teams[(teams["team"] == "oncoray") & (teams["modality"] == "PET")]
+    table = pd.DataFrame(
+        {
+            "patient": one["patient_id"], "study": "1.2.3", "series": "1.2.3.4",
+            "modality": "PT", "roi": "GTV_Mass_PET", "family": one["feature_family"],
+            "feature": one["feature_name"], "ibsi_id": "", "value": one["value"],
+        }
+    )[list(COLUMNS)]  # fmt: skip
+    cohort_table = tmp_path / "all.parquet"
+    table.to_parquet(cohort_table, index=False)
+    cohort = tmp_path / "c.toml"
+    cohort.write_text(
+        f'[outcome]\ntable = "{sts_clinical}"\nevent = "lung_mets"\n'
+        f'[[block]]\nname = "pet"\ntable = "{cohort_table}"\nformat = "radiomics"\n'
+        f'[[block]]\nname = "pathology"\ntable = "{sts_clinical}"\n'
+        'columns = ["grade", "mskcc_type"]\ncategorical = ["grade", "mskcc_type"]\n'
+    )
+    result = fit_signature(load_cohort_spec(cohort), quick)
+    write_signature(tmp_path / "sig", result, utc_now())
+    signature = read_signature(tmp_path / "sig")
+    study = tmp_path / "study.parquet"
+    table[table["patient"] == "STS_010"].to_parquet(study, index=False)
+    out = score_study(signature, study, {"pathology": sts_clinical}, tmp_path / "s.csv")
+    assert out is not None
+    scores = pd.read_csv(out)
+    assert list(scores["patient_id"]) == ["STS_010"]
+    everyone = apply_signature(signature, load_cohort_spec(cohort)).table.set_index("patient_id")
+    assert scores["score"].iloc[0] == pytest.approx(everyone.loc["STS_010", "score"], rel=1e-5)
+    record = json.loads((tmp_path / "s.provenance.json").read_text())
+    assert record["command"] == "signature apply"
+    # a patient the pathology table does not have yet: no score, no file
+    clinical = pd.read_csv(sts_clinical)
+    without = tmp_path / "clinical.csv"
+    clinical[clinical["patient_id"] != "STS_010"].to_csv(without, index=False)
+    assert score_study(signature, study, {"pathology": without}, tmp_path / "t.csv") is None
+    assert not (tmp_path / "t.csv").exists()
