@@ -15,7 +15,12 @@ from osteomics.core.plugins import (
 )
 
 # The extra that installs what a built-in plugin of each kind needs.
-_KIND_EXTRA = {"slide_reader": "wsi", "pacs_connector": "node", "exporter": "wsi"}
+_KIND_EXTRA = {
+    "slide_reader": "wsi",
+    "pacs_connector": "node",
+    "exporter": "wsi",
+    "weight_source": "wsi",
+}
 _GROUP_KIND = {group: kind for kind, group in KIND_GROUPS.items()}
 
 
