@@ -103,8 +103,9 @@ def _encode(
 ) -> np.ndarray:
     parts = []
     if medians:
-        num = frame[list(medians)].astype(float)
-        parts.append(np.array(num.fillna(pd.Series(medians)), dtype=float))
+        num = np.array(frame[list(medians)], dtype=float)
+        fill = np.fromiter(medians.values(), dtype=float, count=len(medians))
+        parts.append(np.where(np.isnan(num), fill[None, :], num))
     for col, lv in levels.items():
         values = frame[col].where(frame[col].notna(), modes[col]).astype(str).to_numpy()
         parts.append((values[:, None] == np.asarray(lv, dtype=str)[None, :]).astype(float))
