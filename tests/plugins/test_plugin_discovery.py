@@ -62,8 +62,8 @@ def test_builtin_plugins_are_registered_under_the_group_of_their_kind() -> None:
         return {ep.name for ep in entry_points(group=KIND_GROUPS[kind])}
 
     assert names("slide_reader") == set(READERS)
-    assert names("exporter") == {"qupath-geojson"}
-    assert names("pacs_connector") == {"dimse"}
+    assert names("exporter") == {"qupath-geojson", "dicom-sr", "dicom-seg"}
+    assert names("pacs_connector") == {"dimse", "dicomweb"}
     assert not list(entry_points(group=RETIRED_GROUP))
 
 
@@ -90,7 +90,7 @@ def test_no_plugins_of_an_unknown_kind() -> None:
     plugins, _ = discover_plugins("teleporter")
     assert plugins == []
     connectors, _ = discover_plugins("pacs_connector")
-    assert [p.name for p in connectors] == ["dimse"]
+    assert [p.name for p in connectors] == ["dimse", "dicomweb"]
 
 
 def test_readers_sniff_their_formats(cmu_svs: Path, dicom_wsi_dir: Path) -> None:
@@ -126,7 +126,7 @@ def test_third_party_plugins_and_broken_ones(
     assert "osteomics_test_retired" not in sys.modules  # reported, never imported
     assert {f.distribution for f in failures} == {("osteomics-test-plugins", "0.1")}
     exporters, _ = discover_plugins("exporter")
-    assert [p.name for p in exporters] == ["csv", "qupath-geojson"]  # priority 5, then 10
+    assert [p.name for p in exporters] == ["csv", "qupath-geojson", "dicom-sr", "dicom-seg"]
 
 
 def test_discovery_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +138,7 @@ def test_discovery_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     cached.clear()  # ...and a caller cannot spoil the cache
     assert discover_plugins("exporter")[0] == before
     clear_plugin_cache()
-    assert [p.name for p in discover_plugins("exporter")[0]] == ["csv", "qupath-geojson"]
+    assert [p.name for p in discover_plugins("exporter")[0]][:2] == ["csv", "qupath-geojson"]
 
 
 def test_opening_a_slide_imports_no_radiology(cmu_svs: Path) -> None:
