@@ -65,6 +65,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "signature": LazyCommand(
         "osteomics.cli.signature:app", "fusion", "Fused signatures (fit, apply)."
     ),
+    "export-dicom": LazyCommand(
+        "osteomics.cli.export_dicom:export_dicom", "radiomics", "Results as DICOM SR and SEG."
+    ),
     "plugins": LazyCommand("osteomics.cli.plugins:list_plugins", "", "List installed plugins."),
 }
 """Every command of ``osteomics``, in the order ``--help`` lists them."""

@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,6 +435,34 @@ def export_run(
         What :func:`detect_run`, :func:`export_necrosis` and :func:`export_radiomics` raise.
     """
     started = utc_now()
+    with _quiet_source_warnings():
+        return _export_run(run_dir, out_dir, objects, seg_level, sources, started)
+
+
+@contextmanager
+def _quiet_source_warnings() -> Iterator[None]:
+    """pydicom and highdicom warn about the *source's* values (a single-component patient
+    name, an over-long Study ID) while copying them, quoting them: patient data must not reach
+    the logs, and what we write is made conformant (``conform_copied_values``)."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _export_run(
+    run_dir: Path,
+    out_dir: Path,
+    objects: Sequence[str],
+    seg_level: int | None,
+    sources: Sequence[Path],
+    started: str,
+) -> ExportReport:
     kind, path = detect_run(Path(run_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
