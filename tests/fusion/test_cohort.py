@@ -210,3 +210,26 @@ categorical = ["huvos_grade"]
     assert c.features.loc["C2", "necrosis_rate"] == pytest.approx(99.0)
     assert c.categorical == ("huvos_grade",)
     assert c.features.loc["C1", "huvos_grade"] == "II"
+
+
+def test_constant_features_dropped_and_an_all_constant_block_refused(
+    tmp_path: Path, sts_clinical: Path
+) -> None:
+    from osteomics.fusion.preprocess import fit_block_transform
+
+    clinical = pd.read_csv(sts_clinical)
+    clinical["site_code"] = 7.0  # constant
+    path = tmp_path / "clinical.csv"
+    clinical.to_csv(path, index=False)
+    (tmp_path / "c.toml").write_text(
+        f'[[block]]\nname = "clinical"\ntable = "{path}"\ncolumns = ["age_years", "site_code"]\n'
+        f'[[block]]\nname = "constant"\ntable = "{path}"\ncolumns = ["site_code", "surgery"]\n'
+    )
+    spec = load_cohort_spec(tmp_path / "c.toml")
+    block = read_block(spec.block("clinical"))
+    transform, x = fit_block_transform(block, np.arange(len(block.features)))
+    assert transform.kept == ["age_years"] and transform.n_dropped["constant"] == 1
+    assert x.shape == (51, 1)
+    constant = read_block(spec.block("constant"))  # surgery: 1 for every patient
+    with pytest.raises(BlockDataError, match=r"block 'constant': every feature is constant"):
+        fit_block_transform(constant, np.arange(len(constant.features)))
