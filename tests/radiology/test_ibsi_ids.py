@@ -4,10 +4,11 @@ aggregation variants, distinct between features, and written to the output table
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import zipfile
 from collections import defaultdict
 from pathlib import Path
-
-import pytest
 
 from osteomics.radiology.radiomics.features import IBSI_IDS, REGISTRY, family_stem
 
@@ -34,17 +35,24 @@ def test_ibsi_ids_are_unique_per_variant_independent_feature() -> None:
     assert len(features_of) == len(set(IBSI_IDS.values())) == len(IBSI_IDS) == 169
 
 
-def test_ibsi_ids_agree_with_mirp_where_it_is_installed() -> None:
-    """MIRP 2.7.0's feature classes name their IBSI identifier (``self.ibsi_id``)."""
-    venv = Path(__file__).resolve().parents[2] / ".." / "mirp-venv"  # benchmark-only peer
-    sources = sorted(venv.glob("lib/python3*/site-packages/mirp/_features"))
-    if not sources:
-        pytest.skip("MIRP 2.7.0 is not installed in ../mirp-venv (benchmark-only peer)")
-    mirp = {
-        code
-        for f in sources[0].glob("*_features.py")
-        for code in re.findall(r'ibsi_id = "([0-9A-Z]{4,5})"', f.read_text())
-    }
+def test_ibsi_ids_agree_with_mirp(tmp_path: Path) -> None:
+    """MIRP 2.7.0's feature classes name their IBSI identifier (``self.ibsi_id``); its wheel is
+    fetched from the package index (no install: only its source is read)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "mirp==2.7.0",
+         "--dest", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"cannot fetch the MIRP 2.7.0 wheel: {done.stderr}"
+    [wheel] = tmp_path.glob("mirp-2.7.0-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        sources = [
+            archive.read(name).decode()
+            for name in archive.namelist()
+            if re.fullmatch(r"mirp/_features/\w+_features\.py", name)
+        ]
+    assert len(sources) > 5, "MIRP's feature modules moved: update this test"
+    mirp = {code for text in sources for code in re.findall(r'ibsi_id = "([0-9A-Z]{4,5})"', text)}
     # MIRP writes sum entropy as P6QZ1 (typo); every other identifier of ours appears there.
     assert set(IBSI_IDS.values()) - mirp == {"P6QZ"}
 

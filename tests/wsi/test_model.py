@@ -164,6 +164,7 @@ def test_default_model_card_reports_slide_grouped_cv_and_robustness() -> None:
     assert card.temperature > 0
 
 
+@pytest.mark.slow  # scores all 45 originals (about 600 sub-tiles): 20-40 s on 2 cores
 def test_evaluate_default_model_on_the_real_tiles(data_dir: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(
