@@ -48,14 +48,17 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "osteosa
 CACHE = Path(__file__).resolve().parent / "out"
 
 
-def build_slide(cells: int, seed: int) -> Path:
-    """A cells x cells mosaic of 1024 px cells at 1 µm/px (cached between runs)."""
-    path = CACHE / f"mosaic-{cells}x{cells}-seed{seed}.tiff"
+def build_slide(cells: int, seed: int, cell_px: int = 1024, stored_tile_px: int = 256) -> Path:
+    """A cells x cells mosaic of the real tiles (1024 px at about 1 µm/px) resized to
+    ``cell_px`` cells, so at ``1024 / cell_px`` µm/px; cached between runs."""
+    path = CACHE / f"mosaic-{cells}x{cells}-{cell_px}px-{stored_tile_px}stored-seed{seed}.tiff"
     if not path.exists():
         tiles = read_labelled_folder(DATA)
         layout = random_layout(tiles, cells, cells, glass_fraction=0.25, seed=seed)
         t0 = time.perf_counter()
-        build_mosaic_slide(path, layout, source_mpp=1.0, cell_px=1024, seed=seed)
+        build_mosaic_slide(
+            path, layout, source_mpp=1.0, cell_px=cell_px, tile_px=stored_tile_px, seed=seed
+        )
         print(f"built {path.name} in {time.perf_counter() - t0:.1f} s")
     return path
 
@@ -153,18 +156,6 @@ def main() -> None:
     print(f"ratio osteomics/ceiling = {ours_med / ceiling_med:.2f}")
 
 
-def build_misaligned_slide(cells: int, seed: int) -> Path:
-    """cells x cells mosaic of 2048 px cells at 0.5 µm/px, stored in 512 px JPEG tiles."""
-    path = CACHE / f"mosaic-0.5um-{cells}x{cells}-512px-seed{seed}.tiff"
-    if not path.exists():
-        tiles = read_labelled_folder(DATA)
-        layout = random_layout(tiles, cells, cells, glass_fraction=0.25, seed=seed)
-        t0 = time.perf_counter()
-        build_mosaic_slide(path, layout, source_mpp=1.0, cell_px=2048, tile_px=512, seed=seed)
-        print(f"built {path.name} in {time.perf_counter() - t0:.1f} s")
-    return path
-
-
 def command_tiles_per_s(slide: Path, workers: int, mpp: float, tile_px: int) -> tuple[float, int]:
     """The whole `osteomics tile` command as a user runs it (process start, cluster start,
     planning, reads, zarr writes, run.json): tiles/s of wall time, and the tile count."""
@@ -190,7 +181,7 @@ def command_tiles_per_s(slide: Path, workers: int, mpp: float, tile_px: int) -> 
 def misaligned_case(args: argparse.Namespace) -> None:
     """Issue 9's case: 256 px tiles at 0.5 µm/px over a slide stored in 512 px JPEG tiles, so
     no requested tile is a stored tile; the whole command against the plain read loop."""
-    slide = build_misaligned_slide(args.misaligned_cells, seed=3)
+    slide = build_slide(args.misaligned_cells, seed=3, cell_px=2048, stored_tile_px=512)
     ours, ceiling = [], []
     for repeat in range(args.repeat):
         rate, n_tiles = command_tiles_per_s(slide, args.workers, 0.5, 256)

@@ -6,6 +6,7 @@ These are the nouns the report, the exporters and the CLI read; the job that mak
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -146,30 +147,66 @@ class NecrosisRun:
         return not self.interrupted and all(s.status == "ok" for s in self.slides)
 
     def to_dict(self) -> dict[str, Any]:
-        record = provenance(
+        return slide_run_record(
             "necrosis",
             parameters=self.parameters.to_dict(),
             started=self.started,
             finished=self.finished,
-            inputs=[i for s in self.slides for i in s.inputs],
+            rows=self.slides,
+            ignored=self.ignored,
+            out_dir=self.out_dir,
+            interrupted=self.interrupted,
             workers=self.workers,
             scheduler=self.scheduler,
+            model=self.model_card,
+            summary={
+                "cases": len(self.cases),
+                "cases_ok": sum(c.status == "ok" for c in self.cases),
+            },
+            cases=[asdict(c) for c in self.cases],
         )
-        record.update(
-            {
-                "out_dir": self.out_dir,
-                "interrupted": self.interrupted,
-                "model": self.model_card,
-                "summary": {
-                    "slides": len(self.slides),
-                    "ok": sum(s.status == "ok" for s in self.slides),
-                    "error": sum(s.status == "error" for s in self.slides),
-                    "cases": len(self.cases),
-                    "cases_ok": sum(c.status == "ok" for c in self.cases),
-                },
-                "cases": [asdict(c) for c in self.cases],
-                "slides": [asdict(s) for s in self.slides],
-                "ignored": [{"path": str(i.path), "reason": i.reason} for i in self.ignored],
-            }
-        )
-        return record
+
+
+def slide_run_record(
+    command: str,
+    *,
+    parameters: dict[str, Any],
+    started: str,
+    finished: str | None,
+    rows: Sequence[Any],
+    ignored: Sequence[IgnoredFile],
+    out_dir: str,
+    interrupted: bool,
+    workers: int | None,
+    scheduler: str | None,
+    summary: dict[str, Any],
+    **sections: Any,
+) -> dict[str, Any]:
+    """``run.json`` of a slide job: the house provenance record, then the run's outcome, a
+    summary (slides ok / error plus ``summary``), the job's own ``sections``, one row per
+    slide (dataclasses with ``status`` and ``inputs``) and the files passed over."""
+    record = provenance(
+        command,
+        parameters=parameters,
+        started=started,
+        finished=finished,
+        inputs=[i for r in rows for i in r.inputs],
+        workers=workers,
+        scheduler=scheduler,
+    )
+    record.update(
+        {
+            "out_dir": out_dir,
+            "interrupted": interrupted,
+            "summary": {
+                "slides": len(rows),
+                "ok": sum(r.status == "ok" for r in rows),
+                "error": sum(r.status == "error" for r in rows),
+                **summary,
+            },
+            **sections,
+            "slides": [asdict(r) for r in rows],
+            "ignored": [{"path": str(i.path), "reason": i.reason} for i in ignored],
+        }
+    )
+    return record

@@ -27,10 +27,11 @@ import numpy as np
 
 from osteomics.core.errors import InvalidOptionError
 from osteomics.core.files import ensure_writable, write_json_atomic
-from osteomics.core.provenance import input_records, provenance, quick_fingerprint, utc_now
+from osteomics.core.provenance import input_records, quick_fingerprint, utc_now
 from osteomics.wsi.cluster import dask_client, worker_slide
 from osteomics.wsi.errors import OutputNotWritableError
 from osteomics.wsi.grid import SlidePlan, TileGrid, check_grid_options, plan_slide, read_tiles
+from osteomics.wsi.results import slide_run_record
 from osteomics.wsi.runner import (
     ProgressCallback,
     SlideOutcome,
@@ -144,31 +145,22 @@ class TilingRun:
         return sum(r.n_tiles for r in self.results if r.status == "ok")
 
     def to_dict(self) -> dict[str, Any]:
-        record = provenance(
+        return slide_run_record(
             "tile",
             parameters=self.parameters.to_dict(),
             started=self.started,
             finished=self.finished,
-            inputs=[i for r in self.results for i in r.inputs],
+            rows=self.results,
+            ignored=self.ignored,
+            out_dir=self.out_dir,
+            interrupted=self.interrupted,
             workers=self.workers,
             scheduler=self.scheduler,
+            summary={
+                "resumed": sum(r.resumed for r in self.results),
+                "tiles": self.n_tiles,
+            },
         )
-        record.update(
-            {
-                "out_dir": self.out_dir,
-                "interrupted": self.interrupted,
-                "summary": {
-                    "slides": len(self.results),
-                    "ok": sum(r.status == "ok" for r in self.results),
-                    "error": sum(r.status == "error" for r in self.results),
-                    "resumed": sum(r.resumed for r in self.results),
-                    "tiles": self.n_tiles,
-                },
-                "slides": [asdict(r) for r in self.results],
-                "ignored": [{"path": str(i.path), "reason": i.reason} for i in self.ignored],
-            }
-        )
-        return record
 
 
 # --------------------------------------------------------------------------------------
