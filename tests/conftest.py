@@ -134,3 +134,14 @@ def dcmtk_tool(name: str) -> Path:
 def dcmtk_tool_fixture() -> Any:
     """:func:`dcmtk_tool`: ``dcmtk_tool("storescu")`` -> ``Path("/usr/bin/storescu")``."""
     return dcmtk_tool
+
+
+@pytest.fixture(scope="session")
+def big_mosaic(
+    labelled_tiles: list[LabelledTile], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """12 x 12 cells of 1024 px (12288 px square, 1 µm/px): tiling it takes several seconds,
+    long enough to interrupt it or kill a worker mid-slide. Treat as read-only."""
+    path = tmp_path_factory.mktemp("big") / "big.tiff"
+    build_mosaic_slide(path, random_layout(labelled_tiles, 12, 12, 0.25, seed=5), cell_px=1024)
+    return path

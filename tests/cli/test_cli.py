@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 
 import osteomics
-from osteomics.wsi.labelled import LabelledTile
-from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_layout
+from osteomics.wsi.mosaic import MosaicComposition
 
 #: `python -m osteomics.cli.main`, with this test run's interpreter.
 CLI = [sys.executable, "-m", "osteomics.cli.main"]
@@ -285,16 +284,6 @@ def test_demo_scores_a_three_slide_case(tmp_path: Path) -> None:
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def big_mosaic(
-    labelled_tiles: list[LabelledTile], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """12 x 12 cells of 1024 px (12288 px square, 1 µm/px): tiling it takes several seconds."""
-    path = tmp_path_factory.mktemp("big") / "big.tiff"
-    build_mosaic_slide(path, random_layout(labelled_tiles, 12, 12, 0.25, seed=5), cell_px=1024)
-    return path
-
-
 def staged_chunks(out: Path) -> bool:
     """True once a tile chunk has been written into the run's staging folder."""
     try:

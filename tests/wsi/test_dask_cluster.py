@@ -24,8 +24,7 @@ import psutil
 import pytest
 import zarr
 
-from osteomics.wsi.labelled import LabelledTile
-from osteomics.wsi.mosaic import MosaicComposition, build_mosaic_slide, random_layout
+from osteomics.wsi.mosaic import MosaicComposition
 
 pytestmark = pytest.mark.slow
 
@@ -134,16 +133,6 @@ def test_necrosis_on_an_external_cluster_equals_the_local_cluster(
         pd.testing.assert_frame_equal(a, b)
     cases = pd.read_csv(tmp_path / "remote" / "necrosis_cases.csv")
     assert cases["status"].tolist() == ["ok"] and cases["necrosis_rate"].notna().all()
-
-
-@pytest.fixture(scope="module")
-def big_mosaic(
-    labelled_tiles: list[LabelledTile], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """12 x 12 cells of 1024 px at 1 µm/px: tiling it takes a few seconds on two workers."""
-    path = tmp_path_factory.mktemp("big") / "big.tiff"
-    build_mosaic_slide(path, random_layout(labelled_tiles, 12, 12, 0.25, seed=5), cell_px=1024)
-    return path
 
 
 def staged_chunks(out: Path) -> int:
