@@ -268,6 +268,8 @@ def necrosis_report(
         raise DicomExportError(
             f"case {result.case!r}: highdicom refused the measurement report ({exc})"
         ) from exc
+    if not slides:  # the stub names no instance: the report rests on no DICOM evidence
+        del sr.CurrentRequestedProcedureEvidenceSequence
     _identify_coding_schemes(sr)
     conform_copied_values(sr)
     return sr
