@@ -13,7 +13,7 @@ from osteomics.wsi.calibration import ClassificationMetrics, classification_metr
 from osteomics.wsi.errors import TrainingDataError
 from osteomics.wsi.labelled import LabelledTile, read_labelled_folder
 from osteomics.wsi.model import ModelCard, predict_tiles
-from osteomics.wsi.subtiles import grid_subtiles, read_rgb, resample_to_mpp, tissue_fraction
+from osteomics.wsi.subtiles import read_rgb, tissue_subtiles
 
 if TYPE_CHECKING:
     import torch
@@ -26,12 +26,9 @@ def subtiles_for_model(rgb: np.ndarray, card: ModelCard, source_mpp: float) -> n
 
     When none reaches ``card.preprocessing.min_tissue``, the one with the most tissue is kept.
     """
-    tiles = grid_subtiles(resample_to_mpp(rgb, source_mpp, card.input_mpp), card.input_px)
-    fractions = np.array([tissue_fraction(t) for t in tiles])
-    keep = fractions >= card.preprocessing.min_tissue
-    if not keep.any():
-        keep = fractions == fractions.max()
-    return tiles[keep]
+    return tissue_subtiles(
+        rgb, source_mpp, card.input_mpp, card.input_px, card.preprocessing.min_tissue
+    )
 
 
 def score_image(

@@ -69,15 +69,15 @@ def _starts(length: int, px: int, stride: int) -> list[int]:
     return [offset + i * stride for i in range(n)]
 
 
-def image_subtiles(
-    path: Path,
+def tissue_subtiles(
+    rgb: np.ndarray,
     source_mpp: float,
     target_mpp: float,
     px: int,
     min_tissue: float = 0.0,
     stride: int | None = None,
 ) -> np.ndarray:
-    """Sub-tiles of one image file at ``target_mpp``, keeping those with enough tissue.
+    """Sub-tiles of one RGB image at ``target_mpp``, keeping those with enough tissue.
 
     When no sub-tile reaches ``min_tissue``, the one with the most tissue is kept, so that
     every image gives at least one input.
@@ -87,8 +87,7 @@ def image_subtiles(
     numpy.ndarray
         (n, px, px, 3) uint8, n >= 1.
     """
-    rgb = resample_to_mpp(read_rgb(path), source_mpp, target_mpp)
-    tiles = grid_subtiles(rgb, px, stride)
+    tiles = grid_subtiles(resample_to_mpp(rgb, source_mpp, target_mpp), px, stride)
     if min_tissue <= 0:
         return tiles
     fractions = np.array([tissue_fraction(t) for t in tiles])
@@ -96,3 +95,15 @@ def image_subtiles(
     if not keep.any():
         keep = fractions == fractions.max()
     return tiles[keep]
+
+
+def image_subtiles(
+    path: Path,
+    source_mpp: float,
+    target_mpp: float,
+    px: int,
+    min_tissue: float = 0.0,
+    stride: int | None = None,
+) -> np.ndarray:
+    """:func:`tissue_subtiles` of an image file."""
+    return tissue_subtiles(read_rgb(path), source_mpp, target_mpp, px, min_tissue, stride)
