@@ -345,3 +345,23 @@ def test_score_one_study_for_the_node(
     clinical[clinical["patient_id"] != "STS_010"].to_csv(without, index=False)
     assert score_study(signature, study, {"pathology": without}, tmp_path / "t.csv") is None
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_refit_replaces_a_signature_and_refuses_other_folders(
+    tmp_path: Path, tcga_cohort: Path, quick: FitSettings
+) -> None:
+    result = fit_signature(load_cohort_spec(tcga_cohort), quick)
+    sig = tmp_path / "sig"
+    write_signature(sig, result, utc_now())
+    first = (sig / "signature.json").read_text()
+    (sig / "report.html").write_text("old")
+    write_signature(sig, result, utc_now())  # replaces the whole folder
+    assert (sig / "report.html").read_text() != "old"
+    assert json.loads(first)["models"] == json.loads((sig / "signature.json").read_text())["models"]
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(SignatureError, match="not a signature folder"):
+        write_signature(other, result, utc_now())
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "sig", "tcga.toml"]
