@@ -393,13 +393,14 @@ def export_radiomics(
                 "among the inputs; pass --source FOLDER"
             )
         features = [
-            RadiomicsFeature(
-                str(r.family),
-                str(r.feature),
-                None if pd.isna(r.ibsi_id) else str(r.ibsi_id),
-                float(r.value),
+            RadiomicsFeature(str(family), str(feature), str(ibsi) if ibsi else None, float(value))
+            for family, feature, ibsi, value in zip(
+                rows["family"].tolist(),
+                rows["feature"].tolist(),
+                rows["ibsi_id"].where(rows["ibsi_id"].notna(), "").tolist(),
+                rows["value"].tolist(),
+                strict=True,
             )
-            for r in rows.itertuples()
         ]
         sr = radiomics_report(
             features,

@@ -304,10 +304,11 @@ def read_necrosis_report(sr: Dataset) -> dict[str, Any]:
         if m.name.value in names:
             out[names[m.name.value]] = float(m.value)
     for q in group.get_qualitative_evaluations():
+        value: Any = q.value  # a CodedConcept for a CODE item
         if q.name.value == HUVOS_GRADE.value:
-            out["huvos_grade"] = q.value.value.removeprefix("huvos-")
+            out["huvos_grade"] = str(value.value).removeprefix("huvos-")
         elif q.name.value == RESPONSE.value:
-            out["responder"] = q.value.value.removesuffix("-responder")
+            out["responder"] = str(value.value).removesuffix("-responder")
     wanted = {
         codes.DCM.AlgorithmName.value: "model",
         codes.DCM.AlgorithmVersion.value: "weights_sha256",
