@@ -9,7 +9,12 @@ import json
 import logging
 from pathlib import Path
 
-import sklearn  # noqa: F401  (a missing [fusion] extra is reported when the command loads)
+# The [fusion] extra's distributions, imported here so that a missing one is reported when the
+# command loads (cli/main.py EXTRA_MODULES names the extra), not halfway through a fit.
+import matplotlib  # noqa: F401
+import neuroCombat  # noqa: F401
+import sklearn  # noqa: F401
+import sksurv  # noqa: F401
 import typer
 
 from osteomics.core.errors import InvalidOptionError
