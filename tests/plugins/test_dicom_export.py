@@ -267,3 +267,53 @@ def test_class_map_from_tiles_on_a_coarser_level() -> None:
     assert (labels[:32, :32] == 1).all() and (labels[:32, 32:64] == 2).all()
     assert (labels[32:64, 64:96] == 3).all()
     assert (labels[32:, :64] == 0).all() and (labels[:32, 64:] == 0).all()
+
+
+@pytest.mark.slow
+def test_seg_of_a_pyramid_is_on_a_coarser_level(
+    he_necrosis_run: Path, data_dir: Path, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """The same slide as a 3-level pyramid (2, 4, 8 µm/px; level 0 the scored pixels): the SEG
+    is on the coarsest level where a 128 px tile spans >= 8 px (level 2, 32 px a tile), and
+    equals the level-0 class map taken every 4th pixel; --seg-level 0 gives level 0."""
+    from pacs_helpers import write_dicom_wsi
+    from PIL import Image
+    from pydicom.uid import generate_uid
+
+    image, study, files = he_mosaic(data_dir), generate_uid(), []
+    for k in range(3):
+        level = np.asarray(
+            Image.fromarray(image).resize((image.shape[1] >> k, image.shape[0] >> k), Image.BOX)
+        )
+        files += write_dicom_wsi(
+            level, tmp_path / "wsi", mpp=2.0 * 2**k, study_uid=study,
+            template=fixtures_dir / "highdicom-sm_image.dcm",
+        )  # fmt: skip
+    series = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    for path in files[1:]:  # one series: the pyramid of one slide
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series
+        ds.save_as(path)
+    run = tmp_path / "run"
+    shutil.copytree(he_necrosis_run, run)
+    record = json.loads((run / "run.json").read_text())
+    record["slides"][0]["inputs"] = [
+        {"role": "slide", "file": str(p), "bytes": p.stat().st_size, "sha256": ""} for p in files
+    ]
+    (run / "run.json").write_text(json.dumps(record))
+
+    report = export_run(run, tmp_path / "dicom", objects=("SEG",))
+    (seg_path,) = [Path(o.path) for o in report.objects]
+    assert_valid(seg_path)
+    seg = pydicom.dcmread(seg_path)
+    assert (seg.TotalPixelMatrixRows, seg.TotalPixelMatrixColumns) == (256, 384)
+    level2 = pydicom.dcmread(files[2], stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID \
+        == level2.SOPInstanceUID  # fmt: skip
+    full = geojson_class_map(he_necrosis_run / "slides" / "Case-HE.geojson", (1024, 1536))
+    np.testing.assert_array_equal(read_class_map(seg), full[::4, ::4])
+
+    level0 = export_run(run, tmp_path / "dicom0", objects=("SEG",), seg_level=0)
+    np.testing.assert_array_equal(read_class_map(pydicom.dcmread(level0.objects[0].path)), full)
+    with pytest.raises(DicomExportError, match="pyramid level 3 does not exist"):
+        export_run(run, tmp_path / "dicom3", objects=("SEG",), seg_level=3)
