@@ -16,7 +16,7 @@ import numpy as np
 from osteomics.fusion.metrics import km_curve
 
 if TYPE_CHECKING:
-    from osteomics.fusion.signature import FitResult
+    from osteomics.fusion.results import FitResult
 
 #: False-positive-rate grid of the ROC band.
 _FPR = np.linspace(0, 1, 101)

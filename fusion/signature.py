@@ -36,7 +36,6 @@ from osteomics.fusion.metrics import (
 )
 from osteomics.fusion.model import (
     FUSED,
-    FinalModel,
     FitSettings,
     LinearModel,
     check_outcome,
@@ -45,6 +44,8 @@ from osteomics.fusion.model import (
     score_from_linear,
 )
 from osteomics.fusion.preprocess import BlockTransform, apply_block_transform
+from osteomics.fusion.report import report_html
+from osteomics.fusion.results import FitResult, ModelPerformance
 
 logger = logging.getLogger(__name__)
 
@@ -53,52 +54,6 @@ SIGNATURE_FILE = "signature.json"
 REPORT_FILE = "report.html"
 #: Threshold probabilities of the decision curve.
 NET_BENEFIT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
-
-
-@dataclass
-class ModelPerformance:
-    """Nested-CV performance of one model.
-
-    Attributes
-    ----------
-    metric: ``auc`` (binary) or ``c_index`` (survival).
-    value: the metric, mean over outer repeats of the pooled out-of-fold scores.
-    ci: 95 % patient-bootstrap interval of ``value``.
-    per_repeat: the metric of each repeat.
-    permutation: mean metric of the nested CV rerun on shuffled outcomes.
-    permutation_values: each shuffled run's metric.
-    permutation_p: (1 + shuffled runs >= value) / (1 + runs).
-    brier, calibration_slope, calibration_intercept: binary only (mean out-of-fold probability).
-    net_benefit: binary only: thresholds, model, treat-all.
-    logrank_chisq, logrank_p: survival only: high vs low risk (median out-of-fold risk).
-    """
-
-    metric: str
-    value: float
-    ci: tuple[float, float]
-    per_repeat: list[float]
-    permutation: float | None
-    permutation_values: list[float]
-    permutation_p: float | None
-    brier: float | None = None
-    calibration_slope: float | None = None
-    calibration_intercept: float | None = None
-    net_benefit: dict[str, list[float]] | None = None
-    logrank_chisq: float | None = None
-    logrank_p: float | None = None
-
-
-@dataclass
-class FitResult:
-    """Everything ``signature fit`` produces."""
-
-    cohort: Cohort
-    settings: FitSettings
-    transforms: dict[str, BlockTransform]
-    models: dict[str, FinalModel]
-    performance: dict[str, ModelPerformance]
-    scores: dict[str, np.ndarray]
-    seconds: float
 
 
 def _metric(cohort: Cohort, event: np.ndarray, time: np.ndarray | None, s: np.ndarray) -> float:
@@ -300,8 +255,6 @@ def write_signature(out_dir: Path, result: FitResult, started: str) -> Path:
     OutputNotWritableError
         The parent folder is not writable.
     """
-    from osteomics.fusion.report import report_html
-
     out_dir = Path(out_dir)
     if out_dir.exists() and (
         not out_dir.is_dir()
