@@ -83,7 +83,7 @@ EXTRA_MODULES: dict[str, str] = {
     ),
     **dict.fromkeys(("pynetdicom",), "node"),
     **dict.fromkeys(("nibabel", "highdicom"), "radiomics"),
-    **dict.fromkeys(("sklearn",), "fusion"),
+    **dict.fromkeys(("sklearn", "sksurv", "neuroCombat", "matplotlib"), "fusion"),
     # needed by more than one extra: the running command's extra is named
     **dict.fromkeys(("pydicom", "skimage", "PIL"), ""),
 }  # fmt: skip
@@ -105,7 +105,7 @@ EXTRA_CHECKS: dict[str, tuple[str, ...]] = {
     ),
     "node": ("pydicom", "pynetdicom"),
     "radiomics": ("pydicom", "skimage", "nibabel", "highdicom"),
-    "fusion": ("sklearn",),
+    "fusion": ("sklearn", "sksurv", "neuroCombat", "matplotlib"),
 }
 
 
