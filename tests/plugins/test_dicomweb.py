@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import http.server
+import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pacs_helpers import OrthancWeb, free_port, osteomics_cli
+from pacs_helpers import (
+    OrthancWeb,
+    free_port,
+    osteomics_cli,
+    start_orthanc,
+    stop_orthanc,
+)
 
 from osteomics.core.plugins import discover_plugins
 from osteomics.plugins.dicom_seg import read_class_map
@@ -233,3 +241,44 @@ def test_nobody_listening_and_bad_remotes() -> None:
         DicomWebRemote("x", "http://pacs", token="t", username="u", password="p")
     with pytest.raises(DicomWebError, match="no C-MOVE"):
         DicomWebConnector().move_study(remote, "1.2.3", "OSTEOMICS")
+
+
+@pytest.mark.slow
+def test_sr_and_seg_go_over_dimse_too(he_necrosis_run: Path, tmp_path: Path) -> None:
+    """The same objects sent with DCMTK storescu (C-STORE, Orthanc's DICOM port) are accepted
+    and come back unchanged over WADO-RS: the export suits a DIMSE-only PACS as well."""
+    out = tmp_path / "dicom"
+    assert osteomics_cli("export-dicom", he_necrosis_run, "--out", out).returncode == 0
+    files = sorted(out.glob("*.dcm"))
+    proc, orthanc = start_orthanc(tmp_path / "orthanc")
+    try:
+        done = subprocess.run(
+            [dcmtk("storescu"), "-R", "-aet", "OSTEOMICS", "-aec", "ORTHANC",
+             "127.0.0.1", str(orthanc.dicom_port), *map(str, files)],
+            capture_output=True, text=True, timeout=60, env=dict(os.environ, TCP_NODELAY="1"),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        sent = [pydicom.dcmread(f) for f in files]
+        with DicomStore(tmp_path / "store") as store:
+            outcome = DicomWebConnector(timeout_s=30).retrieve_study(
+                remote_of(orthanc), str(sent[0].StudyInstanceUID), store
+            )
+            paths = {r.attributes.sop_instance_uid: r.path for r in store.instances()}
+    finally:
+        stop_orthanc(proc)
+    assert outcome.received == 2
+    for ds in sent:
+        back = pydicom.dcmread(paths[ds.SOPInstanceUID])
+        assert back.SOPClassUID == ds.SOPClassUID
+        assert back.get("PixelData") == ds.get("PixelData")
+        if ds.Modality == "SR":
+            assert read_necrosis_report(back) == read_necrosis_report(ds)
+
+
+def dcmtk(name: str) -> str:
+    """DCMTK's tool by absolute path (pynetdicom's console scripts shadow it in the venv)."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        path = Path(folder) / name
+        if path.is_file() and path.read_bytes()[:4] == b"\x7fELF":
+            return str(path)
+    pytest.fail(f"DCMTK's {name} is missing: run .ci/system-packages (apt-get install dcmtk)")
