@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pydicom
@@ -188,6 +189,42 @@ def test_server_error_500(server_500: str) -> None:
     with pytest.raises(DicomWebError, match=r"HTTP 500; check the server's log") as caught:
         DicomWebConnector(timeout_s=10).find_studies(remote, patient_id="x")
     assert not isinstance(caught.value, (DicomWebAuthError, DicomWebNotFoundError))
+
+
+class _TokenServer(http.server.BaseHTTPRequestHandler):
+    """QIDO-RS that answers an empty match list to ``Bearer good``, 401 to anything else."""
+
+    seen: ClassVar[list[str | None]] = []
+
+    def do_GET(self) -> None:
+        auth = self.headers.get("Authorization")
+        type(self).seen.append(auth)
+        ok = auth == "Bearer good"
+        body = b"[]" if ok else b""
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_bearer_token_is_sent() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    try:
+        connector = DicomWebConnector(timeout_s=10)
+        assert connector.find_studies(DicomWebRemote("t", url, token="good"), patient_id="x") == []
+        with pytest.raises(DicomWebAuthError, match="HTTP 401") as caught:
+            connector.find_studies(DicomWebRemote("t", url, token="bad"), patient_id="x")
+        assert "bad" not in str(caught.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _TokenServer.seen == ["Bearer good", "Bearer bad"]
 
 
 @pytest.fixture
