@@ -43,11 +43,12 @@ from osteomics.plugins.errors import DicomExportError
 OSTEO = "99OSTEO"
 #: The coding scheme designator of IBSI feature identifiers.
 IBSI = "IBSI"
-#: UID root under which osteomics derives its deterministic UIDs (pydicom's, with entropy).
+#: Manufacturer of the objects we write (General Equipment module).
 MANUFACTURER = "osteomics"
 
 
 def osteo_code(value: str, meaning: str) -> hd.sr.CodedConcept:
+    """A concept of our private coding scheme :data:`OSTEO`."""
     return hd.sr.CodedConcept(value, OSTEO, meaning)
 
 
@@ -72,8 +73,9 @@ RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
 def derived_uid(*parts: object) -> str:
-    """A UID derived from ``parts`` (same parts, same UID): re-exporting a run gives the same
-    series and instances, so a PACS replaces rather than duplicates them."""
+    """A UID derived from ``parts`` (same parts, same UID; pydicom's root with the parts as
+    entropy): re-exporting a run gives the same series and instances, so a PACS replaces
+    rather than duplicates them."""
     return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
 
 
