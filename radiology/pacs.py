@@ -171,8 +171,10 @@ def pull(
         The node is not serving, or the remote cannot be reached or refuses us.
     PacsQueryError
         The remote answered the C-FIND or C-MOVE with an error status.
-    ValueError
-        Neither or both of ``patient_id`` and ``study_uid``, or an invalid study UID.
+    NodeConfigError
+        Neither or both of ``patient_id`` and ``study_uid``, or no such connector.
+    InvalidUIDError
+        ``study_uid`` is not a conformant UID.
     """
     if (patient_id is None) == (study_uid is None):
         raise NodeConfigError("give exactly one of --patient-id and --study-uid")
