@@ -35,32 +35,23 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import (
+    RTStructureSetStorage,
+    SegmentationStorage,
+    VLWholeSlideMicroscopyImageStorage,
+)
 
 from osteomics.core.files import write_atomic, write_json_atomic
 from osteomics.core.plugins import Plugin
 from osteomics.core.provenance import input_record, provenance, utc_now
-from osteomics.plugins.dicom_seg import (
-    choose_level,
-    class_map,
-    necrosis_segmentation,
-    pyramid_levels,
-)
-from osteomics.plugins.dicom_sr import (
-    RTSTRUCT_SOP_CLASS,
-    SEG_SOP_CLASS,
-    VL_WSI,
-    ModelIdentity,
-    NecrosisCaseResult,
-    RadiomicsFeature,
-    case_study_stub,
-    necrosis_report,
-    radiomics_report,
-)
 from osteomics.plugins.errors import DicomExportError
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_NAME = "export-dicom.json"
+VL_WSI = str(VLWholeSlideMicroscopyImageStorage)
+SEG_SOP_CLASS = str(SegmentationStorage)
+RTSTRUCT_SOP_CLASS = str(RTStructureSetStorage)
 
 
 @dataclass(frozen=True)
@@ -224,6 +215,21 @@ def export_necrosis(
     """
     import pandas as pd
 
+    # highdicom is imported when an export runs, not when the plugin is discovered (the
+    # necrosis job discovers every exporter; a [wsi]-only install has no highdicom)
+    from osteomics.plugins.dicom_seg import (
+        choose_level,
+        class_map,
+        necrosis_segmentation,
+        pyramid_levels,
+    )
+    from osteomics.plugins.dicom_sr import (
+        ModelIdentity,
+        NecrosisCaseResult,
+        case_study_stub,
+        necrosis_report,
+    )
+
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     model_card = record.get("model", {})
     model = ModelIdentity(
@@ -354,6 +360,8 @@ def export_radiomics(
         highdicom refuses.
     """
     import pandas as pd
+
+    from osteomics.plugins.dicom_sr import RadiomicsFeature, radiomics_report
 
     prov_path = table_path.with_name(
         table_path.name.removesuffix(table_path.suffix) + ".provenance.json"

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import VLWholeSlideMicroscopyImageStorage
 
 from osteomics import __version__
 from osteomics.plugins.dicom_sr import (
@@ -73,7 +74,7 @@ def pyramid_levels(datasets: Sequence[Dataset]) -> list[PyramidLevel]:
     volumes = [
         d
         for d in datasets
-        if str(d.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.77.1.6"
+        if str(d.get("SOPClassUID", "")) == VLWholeSlideMicroscopyImageStorage
         and len(d.get("ImageType", [])) > 2
         and str(d.ImageType[2]) == "VOLUME"
     ]

@@ -34,7 +34,12 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import (
+    RTStructureSetStorage,
+    SegmentationStorage,
+    VLWholeSlideMicroscopyImageStorage,
+    generate_uid,
+)
 
 from osteomics import __version__
 from osteomics.plugins.errors import DicomExportError
@@ -67,9 +72,9 @@ RESPONSE_VALUES = {
 }
 CASE_TRACKING = "osteomics necrosis case"
 
-VL_WSI = "1.2.840.10008.5.1.4.1.1.77.1.6"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+VL_WSI = str(VLWholeSlideMicroscopyImageStorage)
+SEG_SOP_CLASS = str(SegmentationStorage)
+RTSTRUCT_SOP_CLASS = str(RTStructureSetStorage)
 
 
 def derived_uid(*parts: object) -> str:
