@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-import requests
 from pydicom.dataset import Dataset
 
 from osteomics.core.plugins import Plugin
@@ -136,6 +135,9 @@ class DicomWebConnector:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _client(self, remote: DicomWebRemote) -> Any:
+        # imported here: discovering the plugin must work where dicomweb-client is missing
+        # (`osteomics plugins` then says so), e.g. a node installed before it was a dependency
+        import requests
         from dicomweb_client.api import DICOMwebClient
 
         session = requests.Session()
@@ -156,6 +158,8 @@ class DicomWebConnector:
     @contextmanager
     def _errors(self, remote: DicomWebRemote, what: str) -> Iterator[None]:
         """Turn requests' exceptions into one clear :class:`DicomWebError`."""
+        import requests
+
         where = f"DICOMweb server {remote.name} ({remote.url})"
         try:
             yield
@@ -363,5 +367,5 @@ plugin = Plugin(
     description="PACS over DICOMweb (QIDO-RS, WADO-RS, STOW-RS) with dicomweb-client",
     factory=DicomWebConnector,
     priority=20,
-    requires=("dicomweb_client",),
+    requires=("dicomweb_client", "requests"),
 )
