@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from osteomics.cli.main import EXTRA_MODULES
 from osteomics.core.plugins import (
     KIND_GROUPS,
     Plugin,
@@ -37,7 +38,8 @@ def _status(plugin: Plugin, distribution: str) -> str:
     missing = missing_requirements(plugin)
     if not missing:
         return "ok"
-    extra = _KIND_EXTRA.get(plugin.kind, "")
+    # The extra that installs the missing module (highdicom: radiomics), else the kind's.
+    extra = EXTRA_MODULES.get(missing[0]) or _KIND_EXTRA.get(plugin.kind, "")
     how = f" (pip install 'osteomics[{extra}]')" if distribution == "osteomics" and extra else ""
     return f"needs {', '.join(missing)}{how}"
 
