@@ -35,7 +35,8 @@ def necrosis(
     """Score viable / necrotic tumour / non-tumour on every tissue tile, per slide and per case.
 
     Writes necrosis_slides.csv, necrosis_cases.csv, run.json, report.html and, per slide, a
-    heatmap PNG and QuPath GeoJSON into OUT/slides/. Exit code 1 when any slide failed.
+    heatmap PNG, a QuPath GeoJSON and a table of per-tile class probabilities
+    (SLIDE.tiles.parquet) into OUT/slides/. Exit code 1 when any slide failed.
     """
     params = NecrosisParameters(model=model, backend=backend, mpp_override=mpp_override)
     with progress_bar() as on_progress:
