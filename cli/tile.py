@@ -39,6 +39,12 @@ def tile(
     scheduler: str | None = typer.Option(
         None, "--scheduler", help="Existing Dask scheduler, e.g. tcp://host:8786."
     ),
+    compression: str = typer.Option(
+        "none",
+        "--compression",
+        help="Tile chunks stored raw (none) or with zarr's standard Zstd codec (zstd): about "
+        "a fifth smaller, a little slower to write.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ) -> None:
     """Tile slides into DIR/<slide>/tiles.zarr + tiles.parquet; provenance in DIR/run.json.
@@ -53,6 +59,7 @@ def tile(
         min_tissue=min_tissue,
         backend=backend,
         mpp_override=mpp_override,
+        compression=compression,
     )
     run = run_with_progress(paths, out, params, workers, scheduler)
     report(run, as_json)

@@ -40,7 +40,7 @@ from osteomics.wsi.runner import (
     run_slide_job,
 )
 from osteomics.wsi.sources import IgnoredFile, SlideSource, find_slides
-from osteomics.wsi.tilestore import create_tile_array, write_tile_batch
+from osteomics.wsi.tilestore import COMPRESSIONS, create_tile_array, write_tile_batch
 
 __all__ = ["SlideProgress", "TilingParameters", "TilingRun", "dask_client", "tile_slides"]
 
@@ -73,6 +73,9 @@ class TilingParameters:
     batch_tiles:
         Tiles per Dask task and per zarr chunk (memory per task is about
         ``batch_tiles * tile_px² * 3`` bytes, twice over while resampling).
+    compression:
+        ``none`` (raw chunks) or ``zstd`` (zarr's Zstd codec: smaller files, faster where the
+        disk is the bottleneck; see :mod:`osteomics.wsi.tilestore`).
     """
 
     target_mpp: float = 1.0
@@ -83,8 +86,13 @@ class TilingParameters:
     mpp_override: float | None = None
     thumbnail_px: int = 1024
     batch_tiles: int = 64
+    compression: str = "none"
 
     def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise InvalidOptionError(
+                f"--compression {self.compression}: choose one of {', '.join(COMPRESSIONS)}"
+            )
         check_grid_options(self.target_mpp, self.tile_px, self.overlap_px, self.min_tissue)
         if self.batch_tiles < 1:
             raise InvalidOptionError(f"batch_tiles {self.batch_tiles}: at least 1 tile a batch")
@@ -199,6 +207,7 @@ class TilingTasks:
                 "backend": plan.backend,
                 "index": "row i is row i of tiles.parquet",
             },
+            compression=p.compression,
         )
         return plan
 
