@@ -110,6 +110,14 @@ class OpenSlideSlide(Slide):
                     return pixels
         return self._osr.read_region(location_px, level, size_px)
 
+    def reads_blocks_faster(self, level: int) -> bool:
+        # Only the direct decoder gains: OpenSlide caches decoded tiles itself.
+        return (
+            self._direct is not None
+            and level in self._direct.levels
+            and level not in self._direct_failed
+        )
+
     def stored_tile_px(self, level: int) -> tuple[int, int] | None:
         props = self._osr.properties
         width = props.get(f"openslide.level[{level}].tile-width")

@@ -136,6 +136,10 @@ class RawSlideMetadata:
 BLOCK_READ_PX = 2048
 
 
+#: A block is read as one region only when its tiles cover at least this share of it.
+MIN_BLOCK_COVER = 0.5
+
+
 class Slide(ABC):
     """A whole-slide image opened by one reader backend.
 
@@ -193,6 +197,15 @@ class Slide(ABC):
         """
         return None
 
+    def reads_blocks_faster(self, level: int) -> bool:
+        """Whether one region covering many tiles reads faster than one region per tile.
+
+        True where the reader decodes stored tiles per call without a cache (tiffslide) or
+        decodes them directly (OpenSlide's reader for tiled JPEG TIFFs); OpenSlide itself
+        caches decoded tiles and reads a large region no faster per pixel, so False there.
+        """
+        return False
+
     # -- the interface everyone else uses ---------------------------------------------
     @property
     def info(self) -> SlideInfo:
@@ -241,12 +254,14 @@ class Slide(ABC):
     ) -> np.ndarray:
         """Read square tiles by reading the regions that cover several of them at once.
 
-        The tiles (level-0 corners ``x_px``, ``y_px``; ``size_px`` pixels of ``level``) are
-        grouped into blocks of about :data:`BLOCK_READ_PX` pixels of ``level``; each block is
-        read with one :meth:`read_region`, widened to the stored tile grid (so a stored tile
-        is decoded once per block, not once per tile that touches it), and the tiles are cut
-        out of it. The pixels are those of one :meth:`read_region` per tile: where a corner
-        does not fall on a whole pixel of ``level`` (fractional downsamples), tiles are read
+        Where the reader gains from it (:meth:`reads_blocks_faster`), the tiles (level-0
+        corners ``x_px``, ``y_px``; ``size_px`` pixels of ``level``) are grouped into blocks of
+        about :data:`BLOCK_READ_PX` pixels of ``level``; each block whose tiles cover at least
+        :data:`MIN_BLOCK_COVER` of it is read with one :meth:`read_region`, widened to the
+        stored tile grid (so a stored tile is decoded once per block, not once per tile that
+        touches it), and the tiles are cut out of it. The pixels are those of one
+        :meth:`read_region` per tile: otherwise (and at a level whose downsample is not a whole
+        number, or where a corner does not fall on a whole pixel of the level) tiles are read
         one by one, as the reader rounds them.
 
         Returns
@@ -265,7 +280,11 @@ class Slide(ABC):
         on_pixels = np.array_equal(x_level, np.round(x_level)) and np.array_equal(
             y_level, np.round(y_level)
         )
-        if lv.downsample != round(lv.downsample) or not on_pixels:
+        if (
+            lv.downsample != round(lv.downsample)
+            or not on_pixels
+            or not self.reads_blocks_faster(level)
+        ):
             for i, (x, y) in enumerate(zip(x_px.tolist(), y_px.tolist(), strict=True)):
                 out[i] = self.read_region((x, y), level, (size_px, size_px))
             return out
@@ -285,6 +304,12 @@ class Slide(ABC):
             y1 = min(-(-int(yl[idx].max() + size_px) // stored_h) * stored_h, lv.height_px)
             x1 = max(x1, int(xl[idx].max()) + size_px)  # a tile is never cut by the clip
             y1 = max(y1, int(yl[idx].max()) + size_px)
+            if len(members) * size_px * size_px < MIN_BLOCK_COVER * (x1 - x0) * (y1 - y0):
+                for i in members:  # sparse tiles (tissue edges): do not read the glass between
+                    out[i] = self.read_region(
+                        (int(x_px[i]), int(y_px[i])), level, (size_px, size_px)
+                    )
+                continue
             region = self.read_region(
                 (round(x0 * lv.downsample), round(y0 * lv.downsample)), level, (x1 - x0, y1 - y0)
             )
