@@ -67,8 +67,8 @@ def write_tile_batch(path: Path, first_tile: int, tiles: np.ndarray) -> None:
     metadata = array.metadata
     codecs = metadata.codecs if isinstance(metadata, ArrayV3Metadata) else ()
     raw_bytes = bool(codecs) and isinstance(codecs[0], BytesCodec)
-    zstd = len(codecs) == 2 and isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum
-    if not raw_bytes or len(codecs) > 2 or (len(codecs) == 2 and not zstd):
+    zstd = codecs[1] if len(codecs) == 2 and isinstance(codecs[1], ZstdCodec) else None
+    if not raw_bytes or len(codecs) > 2 or (len(codecs) == 2 and (zstd is None or zstd.checksum)):
         array[first_tile : first_tile + len(tiles)] = tiles
         return
     chunk = np.zeros(array.chunks, dtype=np.uint8) if len(tiles) < chunk_tiles else tiles
@@ -82,11 +82,11 @@ def write_tile_batch(path: Path, first_tile: int, tiles: np.ndarray) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
     try:
-        data = np.ascontiguousarray(chunk).data
-        if zstd:  # what zarr's ZstdCodec writes: one zstd frame of the raw chunk bytes
+        data: Any = np.ascontiguousarray(chunk).data
+        if zstd is not None:  # what zarr's ZstdCodec writes: one zstd frame of the raw bytes
             from numcodecs import Zstd
 
-            data = Zstd(level=codecs[1].level).encode(data)
+            data = Zstd(level=zstd.level).encode(data)
         with open(tmp, "wb") as fh:
             fh.write(data)
         os.replace(tmp, target)
