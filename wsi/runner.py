@@ -101,7 +101,8 @@ class SlideTasks(Protocol):
     def batch_tiles(self) -> int: ...
 
     def plan(self, source: SlideSource) -> SlidePlan:
-        """Thumbnail, tissue and tile grid (and anything to prepare before the batches)."""
+        """Thumbnail, tissue and tile grid. No side effects: Dask may run it again when the
+        worker holding its result dies (prepare outputs in the job's ``prepare`` instead)."""
         ...
 
     def plan_summary(self, plan: SlidePlan) -> Any:
@@ -165,6 +166,7 @@ def run_slide_job(
     job: SlideTasks,
     sources: Sequence[SlideSource],
     *,
+    prepare: OutcomeCallback | None = None,
     finish: OutcomeCallback | None = None,
     discard: OutcomeCallback | None = None,
     client: Any = None,
@@ -180,6 +182,9 @@ def run_slide_job(
         The worker tasks of the slide job.
     sources:
         Slides to process (names must be unique).
+    prepare:
+        Called on the client once a slide is planned, before its batches are submitted (to
+        create the outputs the batches write into); may raise like ``finish``.
     finish:
         Called on the client when all of a slide's tasks are in; it makes the slide's result
         and may raise :class:`~osteomics.OsteomicsError` or ``OSError`` to fail the slide.
@@ -200,20 +205,21 @@ def run_slide_job(
     if not slides:
         return RunOutcome([])
     if client is not None:
-        return _drive(client, job, slides, finish, discard, progress)
+        return _drive(client, job, slides, (prepare, finish, discard), progress)
     with dask_client(workers, scheduler) as own_client:
-        return _drive(own_client, job, slides, finish, discard, progress)
+        return _drive(own_client, job, slides, (prepare, finish, discard), progress)
 
 
 def _drive(
     client: Any,
     job: SlideTasks,
     slides: list[_Slide],
-    finish: OutcomeCallback | None,
-    discard: OutcomeCallback | None,
+    callbacks: tuple[OutcomeCallback | None, OutcomeCallback | None, OutcomeCallback | None],
     progress: ProgressCallback | None,
 ) -> RunOutcome:
     from dask.distributed import as_completed
+
+    prepare, finish, discard = callbacks
 
     run = RunOutcome(
         [s.outcome for s in slides], workers=len(client.scheduler_info().get("workers", {}))
@@ -262,8 +268,18 @@ def _drive(
             except Exception as exc:
                 fail(slide, failure_reason(exc))
                 continue
+            # Forget the result on the cluster: a key still wanted would be computed again
+            # when the worker holding it dies (a re-run plan or batch after the slide moved on).
+            slide.futures.remove(fut)
+            fut.release()
             if kind == "plan":
                 outcome.plan = value
+                try:
+                    if prepare is not None:
+                        prepare(outcome)
+                except (OsteomicsError, OSError) as exc:
+                    fail(slide, failure_reason(exc))
+                    continue
                 summary = job.plan_summary(value)
                 grid = value.grid
                 starts = range(0, len(grid), job.batch_tiles)

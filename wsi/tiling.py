@@ -189,27 +189,9 @@ class TilingTasks:
     def plan(self, source: SlideSource) -> SlidePlan:
         p = self.params
         slide = worker_slide(source, p.backend, p.mpp_override)
-        plan = plan_slide(
+        return plan_slide(
             slide, p.target_mpp, p.tile_px, p.overlap_px, p.min_tissue, p.thumbnail_px
         )
-        grid = plan.grid
-        create_tile_array(
-            self.staging[source.name] / "tiles.zarr",
-            len(grid),
-            p.tile_px,
-            p.batch_tiles,
-            {
-                "slide": source.name,
-                "mpp": p.target_mpp,
-                "tile_px": p.tile_px,
-                "tile_um": grid.tile_um,
-                "read_level": grid.read_level,
-                "backend": plan.backend,
-                "index": "row i is row i of tiles.parquet",
-            },
-            compression=p.compression,
-        )
-        return plan
 
     def plan_summary(self, plan: SlidePlan) -> None:
         return None
@@ -231,6 +213,30 @@ class TilingTasks:
         Image.fromarray(plan.tissue.mask.astype(np.uint8) * 255).save(staging / "tissue.png")
         _tile_table(plan.grid).to_parquet(staging / "tiles.parquet", index=False)
         return input_records(source.files, role="slide")
+
+
+def _create_tile_array(outcome: SlideOutcome, params: TilingParameters, staging: Path) -> None:
+    """The slide's empty tiles.zarr, made on the client once the slide is planned (never by a
+    task that Dask could run again over batches already written)."""
+    plan = outcome.plan
+    assert plan is not None
+    grid = plan.grid
+    create_tile_array(
+        staging / "tiles.zarr",
+        len(grid),
+        params.tile_px,
+        params.batch_tiles,
+        {
+            "slide": outcome.source.name,
+            "mpp": params.target_mpp,
+            "tile_px": params.tile_px,
+            "tile_um": grid.tile_um,
+            "read_level": grid.read_level,
+            "backend": plan.backend,
+            "index": "row i is row i of tiles.parquet",
+        },
+        compression=params.compression,
+    )
 
 
 def _finish_slide(
@@ -366,6 +372,7 @@ def tile_slides(
             outcome = run_slide_job(
                 TilingTasks(params, staging),
                 [s for s, _ in pending],
+                prepare=lambda o: _create_tile_array(o, params, staging[o.source.name]),
                 finish=lambda o: _finish_slide(
                     o, params, staging[o.source.name], out_dir / o.source.name
                 ),
