@@ -76,6 +76,12 @@ def train(
             param_hint="--pretrained",
         )
     weights = load_pretrained(pretrained) if pretrained else None
+    if weights is not None and weights.arch and arch and arch != weights.arch:
+        raise typer.BadParameter(
+            f"{pretrained} gives weights for {weights.arch}, not {arch}; pass --arch "
+            f"{weights.arch} or leave --arch out",
+            param_hint="--arch",
+        )
     arch = arch or (weights.arch if weights and weights.arch else "lcnet_050")
     colour = colour or ("rgb" if weights else "gray")
 

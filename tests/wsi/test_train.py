@@ -215,3 +215,18 @@ def test_training_from_a_weight_source_records_its_provenance(
     now = net.state_dict()["conv_stem.weight"].flatten()
     assert float(torch.nn.functional.cosine_similarity(start, now, dim=0)) > 0.9
     assert (net.state_dict()["classifier.weight"].shape[0], len(card.classes)) == (3, 3)
+
+
+def test_a_weight_source_for_another_architecture_is_refused_before_training(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    args = ["train", str(small_folder), "--out", str(tmp_path / "m")]
+    result = CliRunner().invoke(
+        app, [*args, "--pretrained", "efficientnet-lite0", "--arch", "lcnet_050"]
+    )
+    assert result.exit_code != 0
+    assert "pass --arch tf_efficientnet_lite0" in result.output
+    assert not (tmp_path / "m" / CARD_FILE).exists()
+    result = CliRunner().invoke(app, [*args, "--pretrained", "no-such-source"])
+    assert result.exit_code != 0
+    assert "no such weight source" in str(result.exception)
