@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -14,6 +15,9 @@ from osteomics.radiology.config import NodeConfig, load_node_config
 from osteomics.radiology.node import RunningNode, echo, serve
 from osteomics.radiology.pacs import get_connector, pull
 from osteomics.radiology.store import open_store
+
+if TYPE_CHECKING:
+    from osteomics.radiology.radiomics_job import StudyRadiomics
 
 app = typer.Typer(
     help="The DICOM node: receive studies from a PACS, store and index them.",
@@ -74,7 +78,37 @@ def serve_command(
             err=True,
         )
 
-    serve(cfg, ready=ready)
+    serve(cfg, ready=ready, on_radiomics=_fusion_scorer(cfg))
+
+
+def _fusion_scorer(cfg: NodeConfig) -> Callable[[StudyRadiomics], None] | None:
+    """With ``[fusion]`` in node.toml: score each study's radiomics with the signature and
+    write ``signature.csv`` (and its provenance) next to the study's radiomics table."""
+    if cfg.fusion.signature is None:
+        return None
+    from osteomics.fusion.signature import read_signature, score_study
+
+    signature = read_signature(cfg.fusion.signature)
+    log = logging.getLogger("osteomics.radiology.node")
+    log.info("fusion: studies are scored with %s", cfg.fusion.signature)
+
+    def score(result: StudyRadiomics) -> None:
+        if result.table is None:
+            return
+        out = score_study(
+            signature,
+            result.table,
+            cfg.fusion.tables,
+            result.table.with_name("signature.csv"),
+            cfg.fusion.model,
+        )
+        if out is None:
+            log.info("fusion: study %s not scored: a block has no row for its patient yet",
+                     result.study_uid)  # fmt: skip
+        else:
+            log.info("fusion: study %s scored -> %s", result.study_uid, out)
+
+    return score
 
 
 @app.command("echo")

@@ -35,6 +35,12 @@ Format (names are the contract)::
     MR = "mr"
     PT = "pet"
 
+    [fusion]                          # optional: score each study's radiomics with a signature
+    signature = "signatures/lung-mets" # a folder made by `osteomics signature fit`
+    model = "fused"                   # optional: which of its models (default: the fused one)
+    [fusion.tables]                   # the signature's other blocks: name = table
+    pathology = "pathology.csv"
+
 Unknown keys are errors (a typo must not silently turn a setting off).
 """
 
@@ -148,6 +154,28 @@ class RadiomicsSettings:
 
 
 @dataclass(frozen=True)
+class FusionSettings:
+    """``[fusion]``: a signature that scores every study whose radiomics job finished.
+
+    The radiology room only carries these paths; the ``osteomics node serve`` command wires
+    the fusion room's scoring to the radiomics worker (rooms do not import rooms above them).
+
+    Attributes
+    ----------
+    signature:
+        Folder written by ``osteomics signature fit``, or None (no scoring).
+    model:
+        Which of the signature's models scores (None: the fused one).
+    tables:
+        Table of each of the signature's non-radiomics blocks (``pathology = "path.csv"``).
+    """
+
+    signature: Path | None = None
+    model: str | None = None
+    tables: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything ``osteomics node`` needs.
 
@@ -175,6 +203,8 @@ class NodeConfig:
         Concurrent associations; more are rejected (transient, local limit exceeded).
     radiomics:
         ``[radiomics]``: the radiomics worker's settings (off by default).
+    fusion:
+        ``[fusion]``: the signature that scores each study after its radiomics (off by default).
     config_path:
         The file this was loaded from, or ``None``.
     """
@@ -190,6 +220,7 @@ class NodeConfig:
     max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
     radiomics: RadiomicsSettings = field(default_factory=RadiomicsSettings)
+    fusion: FusionSettings = field(default_factory=FusionSettings)
     config_path: Path | None = None
 
     def remote(self, name: str) -> RemoteNode:
@@ -242,7 +273,7 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
     """Validate an already-parsed ``node.toml`` (``path`` resolves relative paths and names
     the file in messages)."""
     where = str(path)
-    _only_keys(raw, {"node", "remotes", "radiomics"}, where, "")
+    _only_keys(raw, {"node", "remotes", "radiomics", "fusion"}, where, "")
     node = raw.get("node")
     if not isinstance(node, dict):
         raise NodeConfigError(f"{where}: a [node] table is required (ae_title, port, storage)")
@@ -342,6 +373,7 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
         max_pdu_bytes=max_pdu,
         max_associations=max_assoc,
         radiomics=_radiomics(raw.get("radiomics", {}), base, where),
+        fusion=_fusion(raw.get("fusion", {}), base, where),
         config_path=path,
     )
 
@@ -409,6 +441,37 @@ def _radiomics(table: object, base: Path, where: str) -> RadiomicsSettings:
         configs=configs,
         poll_seconds=float(poll),
     )
+
+
+def _fusion(table: object, base: Path, where: str) -> FusionSettings:
+    """Validate ``[fusion]``: the signature folder and block tables must exist."""
+    if not isinstance(table, dict):
+        raise NodeConfigError(f"{where}: fusion must be a [fusion] table")
+    if not table:
+        return FusionSettings()
+    _only_keys(table, {"signature", "model", "tables"}, where, "fusion.")
+    signature = _required(table, "signature", str, where, "fusion.")
+    folder = Path(signature) if Path(signature).is_absolute() else base / signature
+    if not (folder / "signature.json").is_file():
+        raise NodeConfigError(
+            f"{where}: fusion.signature {folder} holds no signature.json; "
+            "give a folder written by `osteomics signature fit`"
+        )
+    model = table.get("model")
+    if model is not None and not isinstance(model, str):
+        raise NodeConfigError(f"{where}: fusion.model must be a model name")
+    tables_raw = table.get("tables", {})
+    if not isinstance(tables_raw, dict):
+        raise NodeConfigError(f"{where}: fusion.tables must be a [fusion.tables] table")
+    tables = {}
+    for name, value in tables_raw.items():
+        if not isinstance(value, str):
+            raise NodeConfigError(f"{where}: fusion.tables.{name} must be a path")
+        path = Path(value) if Path(value).is_absolute() else base / value
+        if not path.is_file():
+            raise NodeConfigError(f"{where}: fusion.tables.{name}: {path} does not exist")
+        tables[name] = path
+    return FusionSettings(folder, model, tables)
 
 
 def _only_keys(table: dict[str, Any], allowed: set[str], where: str, prefix: str) -> None:

@@ -54,7 +54,7 @@ from osteomics.radiology.errors import (
 )
 from osteomics.radiology.jobs import JobQueue, QuietStudyScheduler
 from osteomics.radiology.part10 import PREAMBLE, encode_file_meta
-from osteomics.radiology.radiomics_job import RadiomicsWorker
+from osteomics.radiology.radiomics_job import RadiomicsWorker, StudyRadiomics
 from osteomics.radiology.store import DicomStore, read_dataset_attributes
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,11 @@ def build_ae(config: NodeConfig) -> AE:
     return ae
 
 
-def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNode:
+def start_node(
+    config: NodeConfig,
+    store: DicomStore | None = None,
+    on_radiomics: Callable[[StudyRadiomics], None] | None = None,
+) -> RunningNode:
     """Recover the store, queue jobs for studies that went quiet while the node was down, then
     listen on ``config.host:config.port`` and queue ``study_complete`` jobs in background threads.
 
@@ -173,6 +177,9 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
         The node's settings.
     store:
         An open store to use; by default one is opened at ``config.storage``.
+    on_radiomics:
+        Called with each study's radiomics result once its job is done (the CLI scores it
+        with the ``[fusion]`` signature); errors there are logged, the job stays done.
 
     Returns
     -------
@@ -223,17 +230,22 @@ def start_node(config: NodeConfig, store: DicomStore | None = None) -> RunningNo
     scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds).start()
     worker = None
     if config.radiomics.enabled:
-        worker = RadiomicsWorker(store, config.radiomics).start()
+        worker = RadiomicsWorker(store, config.radiomics, on_result=on_radiomics).start()
         log.info("radiomics worker started (%s)", ", ".join(config.radiomics.modalities))
     return RunningNode(config, store, server, port, jobs, scheduler, worker)
 
 
-def serve(config: NodeConfig, ready: Callable[[RunningNode], None] | None = None) -> None:
+def serve(
+    config: NodeConfig,
+    ready: Callable[[RunningNode], None] | None = None,
+    on_radiomics: Callable[[StudyRadiomics], None] | None = None,
+) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM.
 
-    ``ready`` is called once the node listens (the CLI prints where).
+    ``ready`` is called once the node listens (the CLI prints where); ``on_radiomics`` after
+    each study's radiomics job is done (see :func:`start_node`).
     """
-    node = start_node(config)
+    node = start_node(config, on_radiomics=on_radiomics)
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:

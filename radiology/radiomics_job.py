@@ -241,11 +241,20 @@ class RadiomicsWorker:
         The node's store (its paths; the job queue is opened in its root).
     settings
         ``[radiomics]`` settings.
+    on_result
+        Called with each study's result after its job is done (the node's ``[fusion]``
+        scoring); an error there is logged and leaves the job done.
     """
 
-    def __init__(self, store: DicomStore, settings: RadiomicsSettings) -> None:
+    def __init__(
+        self,
+        store: DicomStore,
+        settings: RadiomicsSettings,
+        on_result: Callable[[StudyRadiomics], None] | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
+        self.on_result = on_result
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="radiomics-worker", daemon=True)
 
@@ -270,3 +279,10 @@ class RadiomicsWorker:
                     done = None
                 if done is None:
                     self._stop.wait(self.settings.poll_seconds)
+                    continue
+                job, result = done
+                if result is not None and job.state == "done" and self.on_result is not None:
+                    try:
+                        self.on_result(result)
+                    except Exception:  # the radiomics are stored; scoring is a follow-up
+                        log.exception("job %d: scoring study %s failed", job.id, job.study_uid)
