@@ -217,7 +217,7 @@ def _root(
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Dask's own chatter (cluster start/stop) is not news to a pathologist. Dask reads this
     # when it is first imported, which is after this point.

@@ -254,9 +254,13 @@ class JobQueue:
                 )
                 assert cursor.lastrowid is not None
                 queued.append(cursor.lastrowid)
-        for job_id in queued:
-            log.info("queued job %d: study_complete (study quiet for %g s)", job_id, quiet_seconds)
-        return [self._get(job_id) for job_id in queued]
+        jobs = [self._get(job_id) for job_id in queued]
+        for job in jobs:
+            log.info(
+                "queued job %d: study_complete of study %s (quiet for %g s)",
+                job.id, job.study_uid, quiet_seconds,
+            )  # fmt: skip
+        return jobs
 
     # -- worker side -----------------------------------------------------------------------
 

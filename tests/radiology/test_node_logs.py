@@ -179,10 +179,10 @@ def test_node_logs_the_quiet_study_job_and_jobs_claimed_done_failed_never_the_pa
         node.jobs.fail(second, "geometry error", retry=False)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("osteomics")]
     for expected in (
-        f"queued job {job.id}: study_complete",
+        f"queued job {job.id}: study_complete of study {job.study_uid}",
         f"claimed job {job.id} (study_complete, attempt 1)",
         f"job {job.id} done",
-        f"queued job {second.id}: study_complete",
+        f"queued job {second.id}: study_complete of study {second.study_uid}",
         f"job {second.id} failed (attempt 1), now failed: geometry error",
     ):
         assert any(m.startswith(expected) for m in lines), (expected, lines)
