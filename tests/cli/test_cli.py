@@ -167,6 +167,7 @@ def test_info_on_a_slide_with_damaged_tile_data(cmu_svs: Path, tmp_path: Path) -
 
 
 # -- evaluate ---------------------------------------------------------------------------------
+@pytest.mark.slow  # whole-command run of several seconds: CI runs it
 def test_evaluate_shows_progress_on_stderr(data_dir: Path, tmp_path: Path) -> None:
     """`evaluate` was silent for as long as it scored; a bar on stderr counts the images (rich
     draws it on a terminal: TTY_COMPATIBLE=1 says stderr is one), stdout stays pure JSON."""

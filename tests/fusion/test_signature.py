@@ -46,6 +46,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # whole-command run of several seconds: CI runs it
 def test_fit_and_apply_from_the_cli(tmp_path: Path, sts_cohort: Path, sts_clinical: Path) -> None:
     sig = tmp_path / "sig"
     done = run_cli(
@@ -145,6 +146,7 @@ def test_apply_refuses_a_missing_feature(
         apply_signature(signature, load_cohort_spec(edited))
 
 
+@pytest.mark.slow  # whole-command run of several seconds: CI runs it
 def test_same_seed_same_signature(
     tmp_path: Path, sts_clinical: Path, ibsi_features: Path, sts_text: Callable[..., str],
     quick: FitSettings,

@@ -176,6 +176,7 @@ def test_sr_of_a_slide_file_opens_a_new_study(data_dir: Path, tmp_path: Path) ->
     assert f"slide sha256 {sha}".encode() in sr_path.read_bytes()
 
 
+@pytest.mark.slow  # whole-command run of several seconds: CI runs it
 def test_radiomics_sr_per_roi(data_dir: Path, tmp_path: Path) -> None:
     sts_dir = data_dir / "radiology" / "sts"
     series, mask = sts_dir / "STS_001" / "CT" / "image", sts_dir / "STS_001" / "CT" / "mask"

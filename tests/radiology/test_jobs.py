@@ -36,6 +36,7 @@ def _study_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
 
 
+@pytest.mark.slow  # whole-command run of several seconds: CI runs it
 def test_node_queues_one_study_complete_job_when_the_study_is_quiet(
     node_factory: Callable[..., RunningNode], dcmtk: Dcmtk, sts001_ct: list[Path]
 ) -> None:
