@@ -41,9 +41,9 @@ from osteomics.plugins.errors import (
     DicomWebTimeoutError,
 )
 from osteomics.radiology.errors import InvalidDatasetError
-from osteomics.radiology.pacs_types import MoveOutcome, StudyMatch
+from osteomics.radiology.pacs_types import MoveOutcome, StudyMatch, int_or_none
 from osteomics.radiology.store import DicomStore
-from osteomics.radiology.uids import is_valid_uid, validate_uid
+from osteomics.radiology.uids import validate_uid
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class DicomWebConnector:
             )
         matches = []
         for item in results:
-            match = _study_match(Dataset.from_json(item))
+            match = StudyMatch.from_identifier(Dataset.from_json(item))
             if match is None:
                 log.warning("QIDO-RS match from %s without a valid Study UID", remote.name)
                 continue
@@ -326,7 +326,7 @@ class DicomWebConnector:
                 stored.append(str(item.ReferencedSOPInstanceUID))
             for item in response.get("FailedSOPSequence", []) if response else []:
                 reason = item.get("FailureReason")
-                failed.append((str(item.ReferencedSOPInstanceUID), _int_or_none(reason)))
+                failed.append((str(item.ReferencedSOPInstanceUID), int_or_none(reason)))
         return StowOutcome(tuple(stored), tuple(failed), time.perf_counter() - t0)
 
 
@@ -335,30 +335,6 @@ def _part10(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _study_match(identifier: Dataset) -> StudyMatch | None:
-    uid = str(identifier.get("StudyInstanceUID", "")).strip("\x00 ")
-    if not is_valid_uid(uid):
-        return None
-    modalities = identifier.get("ModalitiesInStudy", "")
-    if isinstance(modalities, str):
-        modalities = [m for m in modalities.split("\\") if m]
-    return StudyMatch(
-        study_uid=uid,
-        patient_id=str(identifier.get("PatientID", "")).strip("\x00 "),
-        study_date=str(identifier.get("StudyDate", "")) or None,
-        modalities=tuple(sorted(str(m) for m in modalities)),
-        series=_int_or_none(identifier.get("NumberOfStudyRelatedSeries")),
-        instances=_int_or_none(identifier.get("NumberOfStudyRelatedInstances")),
-    )
 
 
 plugin = Plugin(

@@ -30,7 +30,6 @@ from osteomics.radiology.dimse import (
 )
 from osteomics.radiology.errors import AssociationFailedError, PacsQueryError
 from osteomics.radiology.pacs_types import MoveOutcome, StudyMatch
-from osteomics.radiology.uids import is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ class DimseConnector:
             code = int(status.Status)
             if code in _PENDING:
                 if identifier is not None:
-                    match = _study_match(identifier)
+                    match = StudyMatch.from_identifier(identifier)
                     if match is not None:
                         matches[match.study_uid] = match
                     else:
@@ -218,30 +217,6 @@ def _count(status: Dataset, keyword: str) -> int:
         return int(value) if value is not None else 0
     except (TypeError, ValueError):
         return 0
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _study_match(identifier: Dataset) -> StudyMatch | None:
-    uid = str(identifier.get("StudyInstanceUID", "")).strip("\x00 ")
-    if not is_valid_uid(uid):
-        return None
-    modalities = identifier.get("ModalitiesInStudy", "")
-    if isinstance(modalities, str):
-        modalities = [m for m in modalities.split("\\") if m]
-    return StudyMatch(
-        study_uid=uid,
-        patient_id=str(identifier.get("PatientID", "")).strip("\x00 "),
-        study_date=str(identifier.get("StudyDate", "")) or None,
-        modalities=tuple(sorted(str(m) for m in modalities)),
-        series=_int_or_none(identifier.get("NumberOfStudyRelatedSeries")),
-        instances=_int_or_none(identifier.get("NumberOfStudyRelatedInstances")),
-    )
 
 
 plugin = Plugin(

@@ -9,9 +9,10 @@ entry points at run time).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from osteomics.radiology.config import RemoteNode
+from osteomics.radiology.uids import is_valid_uid
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,33 @@ class StudyMatch:
     modalities: tuple[str, ...]
     series: int | None
     instances: int | None
+
+    @classmethod
+    def from_identifier(cls, identifier: Any) -> StudyMatch | None:
+        """The match of a C-FIND or QIDO-RS identifier (a pydicom Dataset), or None when its
+        Study Instance UID is not a valid UID (data from outside is never trusted)."""
+        uid = str(identifier.get("StudyInstanceUID", "")).strip("\x00 ")
+        if not is_valid_uid(uid):
+            return None
+        modalities = identifier.get("ModalitiesInStudy", "")
+        if isinstance(modalities, str):
+            modalities = [m for m in modalities.split("\\") if m]
+        return cls(
+            study_uid=uid,
+            patient_id=str(identifier.get("PatientID", "")).strip("\x00 "),
+            study_date=str(identifier.get("StudyDate", "")) or None,
+            modalities=tuple(sorted(str(m) for m in modalities)),
+            series=int_or_none(identifier.get("NumberOfStudyRelatedSeries")),
+            instances=int_or_none(identifier.get("NumberOfStudyRelatedInstances")),
+        )
+
+
+def int_or_none(value: Any) -> int | None:
+    """An integer attribute value, or None when absent or not a number."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
