@@ -122,6 +122,21 @@ def check_grid_options(target_mpp: float, tile_px: int, overlap_px: int, min_tis
         )
 
 
+def check_slide_job_options(batch_tiles: int, mpp_override: float | None) -> None:
+    """Refuse a batch size under one tile or an mpp override that is not above 0.
+
+    Raises
+    ------
+    InvalidOptionError
+    """
+    if batch_tiles < 1:
+        raise InvalidOptionError(f"batch_tiles {batch_tiles}: at least 1 tile a batch")
+    if mpp_override is not None and not mpp_override > 0:
+        raise InvalidOptionError(
+            f"--mpp-override {mpp_override}: the resolution must be above 0 µm/px"
+        )
+
+
 def make_tile_grid(
     info: SlideInfo,
     tissue: TissueMask,

@@ -14,6 +14,7 @@ import numpy as np
 
 from osteomics.core.errors import InvalidOptionError
 from osteomics.core.provenance import provenance
+from osteomics.wsi.grid import check_slide_job_options
 from osteomics.wsi.sources import IgnoredFile
 
 
@@ -51,16 +52,11 @@ class NecrosisParameters:
             raise InvalidOptionError(
                 f"--min-tissue {self.min_tissue}: the tissue fraction must be between 0 and 1"
             )
-        if self.batch_tiles < 1:
-            raise InvalidOptionError(f"batch_tiles {self.batch_tiles}: at least 1 tile a batch")
+        check_slide_job_options(self.batch_tiles, self.mpp_override)
         if self.bootstrap_resamples < 1 or not 0.0 < self.confidence < 1.0:
             raise InvalidOptionError(
                 f"interval: {self.bootstrap_resamples} resamples at confidence "
                 f"{self.confidence}; need at least 1 resample and a confidence in (0, 1)"
-            )
-        if self.mpp_override is not None and not self.mpp_override > 0:
-            raise InvalidOptionError(
-                f"--mpp-override {self.mpp_override}: the resolution must be above 0 µm/px"
             )
 
     def to_dict(self) -> dict[str, Any]:

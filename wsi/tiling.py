@@ -30,7 +30,14 @@ from osteomics.core.files import ensure_writable, write_json_atomic
 from osteomics.core.provenance import input_records, quick_fingerprint, utc_now
 from osteomics.wsi.cluster import dask_client, worker_slide
 from osteomics.wsi.errors import OutputNotWritableError
-from osteomics.wsi.grid import SlidePlan, TileGrid, check_grid_options, plan_slide, read_tiles
+from osteomics.wsi.grid import (
+    SlidePlan,
+    TileGrid,
+    check_grid_options,
+    check_slide_job_options,
+    plan_slide,
+    read_tiles,
+)
 from osteomics.wsi.results import slide_run_record
 from osteomics.wsi.runner import (
     ProgressCallback,
@@ -94,12 +101,7 @@ class TilingParameters:
                 f"--compression {self.compression}: choose one of {', '.join(COMPRESSIONS)}"
             )
         check_grid_options(self.target_mpp, self.tile_px, self.overlap_px, self.min_tissue)
-        if self.batch_tiles < 1:
-            raise InvalidOptionError(f"batch_tiles {self.batch_tiles}: at least 1 tile a batch")
-        if self.mpp_override is not None and not self.mpp_override > 0:
-            raise InvalidOptionError(
-                f"--mpp-override {self.mpp_override}: the resolution must be above 0 µm/px"
-            )
+        check_slide_job_options(self.batch_tiles, self.mpp_override)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
