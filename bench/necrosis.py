@@ -124,7 +124,7 @@ def throughput(args: argparse.Namespace) -> None:
             coords = np.stack([tiles.x_px, tiles.y_px], axis=1)
             ours.append(row.n_tiles / elapsed)
             ceilings.append(ceiling_tiles_per_s(path, coords, level, size, args.workers))
-            tiles_npy = CACHE / "necrosis-bench-tiles.npy"
+            tiles_npy = CACHE / f"necrosis-bench-tiles-{card.name}-{card.input_px}px.npy"
             if not tiles_npy.exists():
                 with open_slide(path) as slide:
                     np.save(
