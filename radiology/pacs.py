@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from osteomics.core.plugins import discover_plugins
 from osteomics.radiology.config import NodeConfig
 from osteomics.radiology.errors import AssociationFailedError, NodeConfigError
-from osteomics.radiology.pacs_types import MoveOutcome, PacsConnector, StudyMatch
+from osteomics.radiology.pacs_types import MoveOutcome, PacsConnector, StoreOutcome, StudyMatch
 from osteomics.radiology.store import DicomStore
 from osteomics.radiology.uids import validate_uid
 
@@ -213,6 +215,55 @@ def pull(
     return PullReport(remote.name, studies)
 
 
+def send_files(
+    config: NodeConfig,
+    remote_name: str,
+    files: Sequence[Path],
+    connector: PacsConnector | None = None,
+) -> StoreOutcome:
+    """Store DICOM files (e.g. a run's SR and SEG) on a remote of node.toml.
+
+    The connector plugin is the one named by the remote's protocol (``dimse`` unless the
+    remote says ``protocol = "dicomweb"``).
+
+    Parameters
+    ----------
+    config:
+        The node's settings.
+    remote_name:
+        A ``[remotes.NAME]`` of node.toml.
+    files:
+        DICOM Part-10 files.
+    connector:
+        The connector to use instead of the remote's protocol's plugin (tests).
+
+    Returns
+    -------
+    StoreOutcome
+        The SOP Instance UIDs stored and the files refused, each with its reason.
+
+    Raises
+    ------
+    UnknownRemoteError
+        ``remote_name`` is not in node.toml.
+    AssociationFailedError
+        The remote cannot be reached or refuses the association.
+    """
+    remote = config.remote(remote_name)
+    if connector is None:
+        connector = get_connector(config, str(getattr(remote, "protocol", DEFAULT_CONNECTOR)))
+    outcome = connector.store_instances(remote, [Path(f) for f in files])
+    log.info(
+        "sent %d file(s) to %s: %d stored, %d failed in %.1f s",
+        len(files),
+        remote.name,
+        len(outcome.stored),
+        len(outcome.failed),
+        outcome.seconds,
+    )
+    return outcome
+
+
 __all__ = [
     "DEFAULT_CONNECTOR",
     "PullReport",
@@ -220,4 +271,5 @@ __all__ = [
     "check_node_listening",
     "get_connector",
     "pull",
+    "send_files",
 ]

@@ -8,10 +8,13 @@ entry points at run time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from osteomics.radiology.config import RemoteNode
+from osteomics.radiology.errors import PacsQueryError
 from osteomics.radiology.uids import is_valid_uid
 
 
@@ -74,6 +77,50 @@ class MoveOutcome:
         return self.status == 0x0000 and self.failed == 0
 
 
+@dataclass
+class StoreOutcome:
+    """What a store (C-STORE or STOW-RS) of some files to one remote did.
+
+    Attributes
+    ----------
+    remote:
+        The ``NAME`` of ``[remotes.NAME]`` the files went to.
+    stored:
+        The SOP Instance UIDs the remote accepted.
+    failed:
+        ``(file name or SOP Instance UID, reason)`` of each file it did not store; the reason
+        says what to do (e.g. "add Segmentation Storage to its accepted SOP classes").
+    seconds:
+        Wall-clock time of the whole store.
+    """
+
+    remote: str
+    stored: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """Every file stored (nothing failed)."""
+        return not self.failed
+
+    def reason(self) -> str:
+        """One line naming each failed file and why ("" when all stored)."""
+        return "; ".join(f"{name}: {why}" for name, why in self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "remote": self.remote,
+            "stored": list(self.stored),
+            "failed": [list(f) for f in self.failed],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class SendFailedError(PacsQueryError):
+    """Results could not be stored on a remote (refused SOP class, error status, no answer)."""
+
+
 class PacsConnector(Protocol):
     """What a ``pacs_connector`` plugin's factory returns.
 
@@ -91,5 +138,14 @@ class PacsConnector(Protocol):
         """C-MOVE one study to ``destination_ae``; the final status and counts."""
         ...
 
+    def store_instances(self, remote: RemoteNode, files: Sequence[Path]) -> StoreOutcome:
+        """Store DICOM Part-10 ``files`` on ``remote`` (C-STORE or STOW-RS).
 
-__all__ = ["MoveOutcome", "PacsConnector", "StudyMatch"]
+        A file the remote does not take is in ``failed`` with the reason; only a remote that
+        cannot be reached at all raises
+        (:class:`~osteomics.radiology.errors.AssociationFailedError`).
+        """
+        ...
+
+
+__all__ = ["MoveOutcome", "PacsConnector", "SendFailedError", "StoreOutcome", "StudyMatch"]
