@@ -33,8 +33,16 @@ class NecrosisParameters:
         Tiles with less tissue than this fraction are not scored.
     thumbnail_px, batch_tiles:
         Thumbnail size for tissue detection; tiles per Dask task.
-    bootstrap_resamples, confidence, seed:
-        The case-rate interval: percentile bootstrap over tiles.
+    bootstrap_resamples, confidence, seed, block_tiles:
+        The case-rate interval (:mod:`osteomics.wsi.interval`): resamples, confidence, seed
+        and block side in tiles of the spatial block bootstrap.
+    min_tumour_mm2:
+        A case with less tumour (viable + necrotic area over its slides) is not assessable
+        (see docs/necrosis.md for why this number).
+    min_recognised:
+        Tissue share a case needs in tiles whose top class probability reaches
+        :data:`osteomics.wsi.assessability.CONFIDENT_PROBABILITY` (tissue the model
+        recognises); below it the case is not assessable.
     """
 
     model: str = "default"
@@ -46,6 +54,9 @@ class NecrosisParameters:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    block_tiles: int = 3
+    min_tumour_mm2: float = 5.0
+    min_recognised: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_tissue <= 1.0:
@@ -58,6 +69,13 @@ class NecrosisParameters:
                 f"interval: {self.bootstrap_resamples} resamples at confidence "
                 f"{self.confidence}; need at least 1 resample and a confidence in (0, 1)"
             )
+        if self.block_tiles < 1:
+            raise InvalidOptionError(f"block_tiles {self.block_tiles}: must be at least 1")
+        if self.min_tumour_mm2 < 0 or not 0.0 <= self.min_recognised <= 1.0:
+            raise InvalidOptionError(
+                f"min_tumour_mm2 {self.min_tumour_mm2} / min_recognised {self.min_recognised}: "
+                "the area cannot be negative and the share must be between 0 and 1"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +83,11 @@ class NecrosisParameters:
 
 @dataclass
 class SlideNecrosis:
-    """One slide's result row (``necrosis_slides.csv``)."""
+    """One slide's result row (``necrosis_slides.csv``).
+
+    ``status`` is ``ok``, ``error`` or ``not_assessable`` (with ``reason``: not an H&E stain;
+    areas and rate are then left empty).
+    """
 
     slide: str
     case: str
@@ -84,6 +106,16 @@ class SlideNecrosis:
     """Tiles whose most probable class is viable tumour (grade IV needs none)."""
     seconds: float = 0.0
     inputs: list[dict[str, Any]] = field(default_factory=list)
+    detected_tissue_mm2: float | None = None
+    """Tissue mask area on the thumbnail (all tissue found, scored or not)."""
+    scored_tissue_mm2: float | None = None
+    """Tissue area in the scored tiles (tile area x tissue fraction, summed)."""
+    recognised_tissue_mm2: float | None = None
+    """Scored tissue in tiles whose top class probability reaches the confidence level."""
+    stain: str | None = None
+    """Stain check of the thumbnail's tissue: ``H&E`` or ``not H&E`` (with why in reason)."""
+    thumbnail_downsample: float | None = None
+    """Level-0 pixels per pixel of ``slides/<slide>.thumbnail.png``."""
 
 
 @dataclass
@@ -101,11 +133,19 @@ class SlideTiles:
     """(n_tiles, 3) expected viable / necrotic / non-tumour area per tile."""
     thumbnail: np.ndarray
     thumbnail_downsample: float
+    tissue_mask: np.ndarray | None = None
+    """Boolean tissue mask on the thumbnail grid (None when re-read from a run folder)."""
 
 
 @dataclass
 class CaseNecrosis:
-    """One case's result row (``necrosis_cases.csv``)."""
+    """One case's result row (``necrosis_cases.csv``).
+
+    ``status`` is ``ok``, ``error`` or ``not_assessable`` (``reason`` says why; no rate, grade
+    or responder then). ``huvos_grade`` is ``uncertain`` when the interval crosses a Huvos
+    cut-off (50 %, 90 %), ``huvos_range`` then names the grades it spans (``II-III``);
+    ``responder`` is ``uncertain`` when the interval crosses 90 %.
+    """
 
     case: str
     status: str
@@ -121,6 +161,13 @@ class CaseNecrosis:
     non_tumour_mm2: float | None
     slides: list[str]
     viable_tiles: int | None = None
+    huvos_range: str | None = None
+    """Grades the interval spans (``II-III``); the one grade when it is certain."""
+    interval_method: str | None = None
+    detected_tissue_mm2: float | None = None
+    scored_tissue_mm2: float | None = None
+    details: dict[str, str] = field(default_factory=dict)
+    """Extra columns of the cases CSV for this case (first non-empty value per column)."""
 
 
 @dataclass
@@ -137,10 +184,20 @@ class NecrosisRun:
     interrupted: bool = False
     workers: int | None = None
     scheduler: str | None = None
+    confusion: list[list[float]] | None = None
+    """The model's cross-validated confusion in tissue-class order (viable, necrotic,
+    non-tumour; rows true, columns predicted) that the interval used; None: block bootstrap
+    only."""
+    derived_from: dict[str, Any] | None = None
+    """For ``--from-run``: the source run folder and the SHA-256 of its run.json."""
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and all(s.status == "ok" for s in self.slides)
+        """No slide failed and the run was not interrupted (a not-assessable slide is a
+        result, not a failure)."""
+        return not self.interrupted and all(
+            s.status in ("ok", "not_assessable") for s in self.slides
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return slide_run_record(
@@ -158,8 +215,16 @@ class NecrosisRun:
             summary={
                 "cases": len(self.cases),
                 "cases_ok": sum(c.status == "ok" for c in self.cases),
+                "cases_not_assessable": sum(c.status == "not_assessable" for c in self.cases),
             },
             cases=[asdict(c) for c in self.cases],
+            interval={
+                "confusion_tissue_order": self.confusion,
+                "block_tiles": self.parameters.block_tiles,
+                "resamples": self.parameters.bootstrap_resamples,
+                "confidence": self.parameters.confidence,
+            },
+            derived_from=self.derived_from,
         )
 
 

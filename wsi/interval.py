@@ -1,0 +1,270 @@
+"""An interval for a case's necrosis rate that includes the classifier's own error.
+
+Two sources of uncertainty are drawn together in every resample:
+
+1. **Sampling, with spatial dependence** (a spatial block bootstrap): the tiles of each slide
+   are grouped into square blocks of ``block_tiles`` x ``block_tiles`` neighbouring tiles (by
+   level-0 position); each slide's blocks are resampled with replacement, as many as it has.
+   Neighbouring tiles are not independent (necrosis comes in regions, and a misclassified
+   region misclassifies many tiles at once), so a bootstrap over independent tiles is too
+   narrow; resampling whole blocks keeps the short-range dependence inside each draw.
+2. **The classifier's misclassification rates**: from the model's cross-validated confusion
+   matrix (counts, rows true class, columns predicted class), for each true class ``t`` the
+   rates ``R[t, p] = P(predicted = p | true = t)`` are drawn from
+   ``Dirichlet(counts[t, :] + 0.5)`` (Jeffreys prior). Predicted areas are ``true @ R``, so
+   the resample's predicted class areas are mapped to true-class areas by
+   ``true = predicted @ inv(R)`` (adjusted classify-and-count; negative parts set to 0), and
+   the rate is taken from those. ``P(predicted | true)`` is used rather than
+   ``P(true | predicted)`` because the latter also carries the class mix of the
+   cross-validation folds: it pulled a synthetic 87 % case to an interval of 76-85 % that
+   did not contain its own estimate.
+
+The percentile interval of the resampled rates is returned. Without a confusion matrix (a
+model card that has none) only the block bootstrap is drawn and :attr:`RateInterval.method`
+says so.
+
+Assumptions (docs/necrosis.md states them for users): the confusion matrix's error rates hold
+on the new case (the same stain, scanner and tissue mix as the cross-validation folds; a
+case's class mix unlike the folds' shifts ``P(true | predicted)``); blocks of
+``block_tiles`` tiles are large enough that blocks are roughly independent; the tiles of
+a case stand for its whole specimen map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from osteomics.wsi.necrosis import NECROTIC, TISSUE_CLASSES, VIABLE
+
+#: Default block side, in tiles (3 x 3 tiles: about 3 mm for 1 mm tiles).
+BLOCK_TILES = 3
+#: Pseudo-count added to every confusion cell before the Dirichlet draw (Jeffreys prior).
+DIRICHLET_PRIOR = 0.5
+
+METHOD_WITH_CONFUSION = "spatial block bootstrap + classifier error (cross-validated confusion)"
+METHOD_BLOCKS_ONLY = (
+    "spatial block bootstrap only: the model card has no confusion matrix, so the "
+    "classifier's own error is NOT in the interval"
+)
+
+
+@dataclass(frozen=True)
+class RateInterval:
+    """A percentile interval of the necrosis rate, percent.
+
+    Attributes
+    ----------
+    low_percent, high_percent:
+        Interval bounds.
+    method:
+        :data:`METHOD_WITH_CONFUSION` or :data:`METHOD_BLOCKS_ONLY`.
+    block_tiles, n_resamples, confidence:
+        Settings it was drawn with.
+    n_blocks:
+        Blocks over all slides (the number of independent units the sampling part rests on).
+    """
+
+    low_percent: float
+    high_percent: float
+    method: str
+    block_tiles: int
+    n_resamples: int
+    confidence: float
+    n_blocks: int
+
+    def spans(self, cut_percent: float) -> bool:
+        """True when the cut-off lies strictly inside the interval (the interval crosses it)."""
+        return self.low_percent < cut_percent <= self.high_percent
+
+
+def block_ids(
+    positions_px: np.ndarray,
+    side_px: np.ndarray | float,
+    slide_index: np.ndarray | None,
+    block_tiles: int = BLOCK_TILES,
+) -> np.ndarray:
+    """Block number of every tile: tiles of one slide whose positions fall in the same square
+    of ``block_tiles`` tile sides share a block; blocks never span two slides.
+
+    Parameters
+    ----------
+    positions_px:
+        (n_tiles, 2) level-0 x, y of each tile's top-left corner, pixels.
+    side_px:
+        Tile side in level-0 pixels, one value or (n_tiles,).
+    slide_index:
+        (n_tiles,) integer slide of each tile; None for one slide.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_tiles,) int64 block numbers 0..n_blocks-1.
+    """
+    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    n = pos.shape[0]
+    side = np.broadcast_to(np.asarray(side_px, dtype=np.float64), (n,))
+    if np.any(side <= 0):
+        raise ValueError("tile sides must be positive")
+    if block_tiles < 1:
+        raise ValueError("block_tiles must be at least 1")
+    slides = np.zeros(n, np.int64) if slide_index is None else np.asarray(slide_index, np.int64)
+    span = side * block_tiles
+    bx = np.floor(pos[:, 0] / span).astype(np.int64)
+    by = np.floor(pos[:, 1] / span).astype(np.int64)
+    keys = np.stack([slides, bx, by], axis=1)
+    _, ids = np.unique(keys, axis=0, return_inverse=True)
+    return ids.reshape(-1).astype(np.int64)
+
+
+def confusion_in_tissue_order(
+    confusion: Sequence[Sequence[float]] | np.ndarray,
+    classes: Sequence[str],
+    tissue_classes: Mapping[str, str],
+) -> np.ndarray:
+    """Re-order a model card's confusion matrix (its own class names and order) into
+    :data:`~osteomics.wsi.necrosis.TISSUE_CLASSES` order (viable, necrotic, non-tumour);
+    model classes mapped to the same tissue class are summed."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    if matrix.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion is {matrix.shape}, expected {len(classes)} x {len(classes)}")
+    index = [TISSUE_CLASSES.index(tissue_classes[c]) for c in classes]
+    out = np.zeros((len(TISSUE_CLASSES), len(TISSUE_CLASSES)))
+    for i, ti in enumerate(index):
+        for j, tj in enumerate(index):
+            out[ti, tj] += matrix[i, j]
+    return out
+
+
+def confusion_from_card(card: Mapping[str, Any]) -> np.ndarray | None:
+    """The cross-validated confusion of a model card (its JSON object) in tissue-class order,
+    or None when the card has none."""
+    cv = card.get("cross_validation") or {}
+    confusion = cv.get("confusion")
+    if not confusion:
+        return None
+    classes = list(cv.get("classes") or card.get("classes") or [])
+    return confusion_in_tissue_order(confusion, classes, card["tissue_classes"])
+
+
+def necrosis_rate_interval(
+    positions_px: np.ndarray,
+    side_px: np.ndarray | float,
+    class_area_mm2: np.ndarray,
+    confusion: np.ndarray | None,
+    seed: int = 0,
+    *,
+    slide_index: np.ndarray | None = None,
+    block_tiles: int = BLOCK_TILES,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+) -> RateInterval | None:
+    """Interval of a case's necrosis rate: spatial block bootstrap x classifier error.
+
+    Parameters
+    ----------
+    positions_px:
+        (n_tiles, 2) level-0 x, y of each tile (top-left corner), pixels.
+    side_px:
+        Tile side in level-0 pixels: one value, or (n_tiles,) when slides differ.
+    class_area_mm2:
+        (n_tiles, 3) area of each tile per class, mm², in
+        :data:`~osteomics.wsi.necrosis.TISSUE_CLASSES` order (viable, necrotic, non-tumour):
+        expected areas (tissue area x class probabilities) or hard ones (all of a tile's
+        tissue area in its predicted class).
+    confusion:
+        (3, 3) cross-validated confusion counts in the same class order, rows true class,
+        columns predicted class (:func:`confusion_from_card`); None: block bootstrap only.
+    seed:
+        Random seed (the same inputs and seed give the same interval).
+    slide_index:
+        (n_tiles,) slide of each tile (blocks are resampled within each slide); None: one slide.
+    block_tiles:
+        Block side in tiles.
+    n_resamples, confidence:
+        Resamples and two-sided confidence level.
+
+    Returns
+    -------
+    RateInterval or None
+        None when the tiles hold no tumour area at all.
+
+    Raises
+    ------
+    ValueError
+        Inconsistent shapes, negative areas or counts, a confidence outside (0, 1).
+    """
+    areas = np.asarray(class_area_mm2, dtype=np.float64)
+    if areas.ndim != 2 or areas.shape[1] != len(TISSUE_CLASSES):
+        raise ValueError("class_area_mm2 must be (n_tiles, 3)")
+    if np.any(areas < 0):
+        raise ValueError("areas cannot be negative")
+    if not 0.0 < confidence < 1.0 or n_resamples < 1:
+        raise ValueError("need n_resamples >= 1 and confidence in (0, 1)")
+    iv, inec = TISSUE_CLASSES.index(VIABLE), TISSUE_CLASSES.index(NECROTIC)
+    if areas.shape[0] == 0 or areas[:, [iv, inec]].sum() <= 0:
+        return None
+    pos = np.asarray(positions_px, dtype=np.float64).reshape(-1, 2)
+    if pos.shape[0] != areas.shape[0]:
+        raise ValueError("positions_px and class_area_mm2 have different numbers of tiles")
+    slides = np.zeros(len(areas), np.int64) if slide_index is None else np.asarray(slide_index)
+    blocks = block_ids(pos, side_px, slides, block_tiles)
+    n_blocks = int(blocks.max()) + 1
+    block_area = np.zeros((n_blocks, areas.shape[1]))
+    np.add.at(block_area, blocks, areas)
+    block_slide = np.zeros(n_blocks, np.int64)
+    block_slide[blocks] = slides
+    rng = np.random.default_rng(seed)
+    # Resample each slide's blocks with replacement: counts per block, (n_resamples, n_blocks).
+    weights = np.zeros((n_resamples, n_blocks))
+    for s in np.unique(block_slide):
+        members = np.flatnonzero(block_slide == s)
+        picks = rng.integers(0, len(members), size=(n_resamples, len(members)))
+        rows = np.broadcast_to(np.arange(n_resamples)[:, None], picks.shape)
+        np.add.at(weights, (rows, members[picks]), 1.0)
+    predicted = weights @ block_area  # (n_resamples, 3) predicted class areas
+    if confusion is not None:
+        true_area = _correct_for_classifier_error(predicted, confusion, rng)
+        method = METHOD_WITH_CONFUSION
+    else:
+        true_area = predicted
+        method = METHOD_BLOCKS_ONLY
+    tumour = true_area[:, iv] + true_area[:, inec]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(tumour > 0, 100.0 * true_area[:, inec] / tumour, np.nan)
+    rate = np.clip(rate, 0.0, 100.0)
+    alpha = (1.0 - confidence) / 2.0
+    if np.all(np.isnan(rate)):
+        return None
+    low, high = np.nanquantile(rate, [alpha, 1.0 - alpha])
+    return RateInterval(
+        float(low), float(high), method, block_tiles, n_resamples, confidence, n_blocks
+    )
+
+
+def _correct_for_classifier_error(
+    predicted: np.ndarray, confusion: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """True-class areas behind each resample's predicted areas, under one draw of the
+    classifier's error rates per resample.
+
+    ``R[t, p] = P(predicted p | true t)`` is drawn row by row from
+    ``Dirichlet(confusion[t, :] + prior)``; the predicted areas are ``true @ R``, so the true
+    areas are ``predicted @ inv(R)`` (adjusted classify-and-count), negative parts set to 0.
+    ``P(predicted | true)`` describes the classifier alone; ``P(true | predicted)`` would
+    also carry the class mix of the cross-validation folds into every case.
+    """
+    counts = np.asarray(confusion, dtype=np.float64)
+    k = len(TISSUE_CLASSES)
+    if counts.shape != (k, k) or np.any(counts < 0):
+        raise ValueError("confusion must be a (3, 3) matrix of non-negative counts")
+    n = predicted.shape[0]
+    given_true = np.stack(
+        [rng.dirichlet(counts[t] + DIRICHLET_PRIOR, size=n) for t in range(k)], axis=1
+    )  # (n, true, predicted)
+    inverse = np.linalg.pinv(given_true)  # (n, predicted, true)
+    true_area = np.einsum("rp,rpt->rt", predicted, inverse)
+    return np.clip(true_area, 0.0, None)
