@@ -1,8 +1,11 @@
-"""PACS connector: DIMSE (C-FIND, C-MOVE) through pynetdicom, as our node's AE title.
+"""PACS connector: DIMSE (C-FIND, C-MOVE, C-STORE) through pynetdicom, as our node's AE title.
 
 Study Root Query/Retrieve at STUDY level. A C-MOVE asks the PACS to C-STORE the study to a
 destination AE title that the PACS must know (its modalities list, e.g. Orthanc's
 ``DicomModalities``); for ``node pull`` that is our own node, which must be serving.
+:meth:`DimseConnector.store_instances` C-STOREs files (a run's SR and SEG) to a remote with one
+presentation context per SOP class and transfer syntax of the files; a SOP class the remote
+does not accept fails its files with a reason naming the class and the fix.
 Query identifiers are never logged: the connector switches pynetdicom's identifier logging off
 (:func:`osteomics.radiology.dimse.configure_pynetdicom`) before it associates.
 """
@@ -10,10 +13,15 @@ Query identifiers are never logged: the connector switches pynetdicom's identifi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -29,7 +37,7 @@ from osteomics.radiology.dimse import (
     set_tcp_nodelay,
 )
 from osteomics.radiology.errors import AssociationFailedError, PacsQueryError
-from osteomics.radiology.pacs_types import MoveOutcome, StudyMatch
+from osteomics.radiology.pacs_types import MoveOutcome, StoreOutcome, StudyMatch
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +69,18 @@ class DimseConnector:
         self.config = config
         self.timeout_s = timeout_s
 
-    def _associate(self, remote: RemoteNode, context: str) -> Association:
+    def _associate(
+        self,
+        remote: RemoteNode,
+        context: str | None,
+        contexts: Sequence[tuple[str, list[str]]] = (),
+    ) -> Association:
         configure_pynetdicom()
         ae = AE(ae_title=self.config.ae_title)
-        ae.add_requested_context(context)
+        if context is not None:
+            ae.add_requested_context(context)
+        for sop_class, syntaxes in contexts:
+            ae.add_requested_context(sop_class, syntaxes)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.connection_timeout = min(self.timeout_s, 10.0)
         ae.maximum_pdu_size = self.config.max_pdu_bytes
@@ -204,6 +220,111 @@ class DimseConnector:
             )
         return outcome
 
+    def store_instances(self, remote: RemoteNode, files: Sequence[Path]) -> StoreOutcome:
+        """C-STORE DICOM Part-10 ``files`` to ``remote`` in one association.
+
+        Each file is offered in its own transfer syntax (uncompressed ones also in the other
+        little-endian one). A file whose SOP class the remote does not accept, that it answers
+        with a failure status, or that is not a readable DICOM file is in ``failed`` with the
+        reason; the others are stored.
+
+        Raises
+        ------
+        AssociationFailedError
+            The remote cannot be reached or refuses the association.
+        """
+        started = time.perf_counter()
+        outcome = StoreOutcome(remote.name)
+        headers: list[tuple[Path, str, str, str]] = []  # path, SOP class, instance, syntax
+        for path in files:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                headers.append(
+                    (
+                        Path(path),
+                        str(ds.SOPClassUID),
+                        str(ds.SOPInstanceUID),
+                        str(ds.file_meta.TransferSyntaxUID),
+                    )
+                )
+            except (OSError, InvalidDicomError, AttributeError) as exc:
+                outcome.failed.append((Path(path).name, f"not a readable DICOM file ({exc})"))
+        if not headers:
+            outcome.seconds = time.perf_counter() - started
+            return outcome
+        syntaxes: dict[str, list[str]] = {}
+        for _, sop_class, _, syntax in headers:
+            wanted = syntaxes.setdefault(sop_class, [])
+            offered = [syntax]
+            if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+                offered = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            wanted.extend(s for s in offered if s not in wanted)
+        assoc = self._associate(remote, None, sorted(syntaxes.items()))
+        try:
+            accepted = {
+                (str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts
+            }
+            accepted_classes = {sop for sop, _ in accepted}
+            for path, sop_class, instance, syntax in headers:
+                if sop_class not in accepted_classes:
+                    outcome.failed.append((path.name, _refused_class(remote, sop_class)))
+                    continue
+                if (sop_class, syntax) not in accepted and syntax not in (
+                    ExplicitVRLittleEndian,
+                    ImplicitVRLittleEndian,
+                ):
+                    outcome.failed.append(
+                        (
+                            path.name,
+                            f"{remote.name} refused transfer syntax {syntax} "
+                            f"({UID(syntax).name}) for SOP class {sop_class} "
+                            f"({UID(sop_class).name}): add it to its accepted transfer syntaxes",
+                        )
+                    )
+                    continue
+                status = assoc.send_c_store(path)
+                if not status or "Status" not in status:
+                    outcome.failed.append(
+                        (
+                            path.name,
+                            f"{remote.name} did not answer the C-STORE within "
+                            f"{self.timeout_s} s, or aborted",
+                        )
+                    )
+                    if not assoc.is_established:
+                        break
+                    continue
+                code = int(status.Status)
+                if code == 0x0000 or code & 0xF000 == 0xB000:  # success or warning
+                    outcome.stored.append(instance)
+                else:
+                    comment = str(status.get("ErrorComment", "") or "")
+                    outcome.failed.append(
+                        (
+                            path.name,
+                            f"{remote.name} answered the C-STORE with status 0x{code:04X}"
+                            f"{': ' + comment if comment else ''}; check its log",
+                        )
+                    )
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        done = set(outcome.stored) | {name for name, _ in outcome.failed}
+        for path, _, instance, _ in headers:
+            if instance not in done and path.name not in done:
+                outcome.failed.append((path.name, f"not sent: {remote.name} ended the association"))
+        outcome.seconds = time.perf_counter() - started
+        return outcome
+
+
+def _refused_class(remote: RemoteNode, sop_class: str) -> str:
+    """Why a SOP class has no accepted presentation context, and what to do."""
+    name = UID(sop_class).name
+    return (
+        f"{remote.name} refused SOP class {sop_class} ({name}): add it to its accepted SOP "
+        f"classes ({remote.ae_title} at {remote.host}:{remote.port})"
+    )
+
 
 def _move_status_name(code: int) -> str:
     if code in _MOVE_STATUS:
@@ -222,7 +343,7 @@ def _count(status: Dataset, keyword: str) -> int:
 plugin = Plugin(
     name="dimse",
     kind="pacs_connector",
-    description="PACS over DIMSE (C-FIND/C-MOVE, Study Root) with pynetdicom",
+    description="PACS over DIMSE (C-FIND/C-MOVE, Study Root; C-STORE of results) with pynetdicom",
     factory=DimseConnector,
     priority=10,
 )

@@ -41,6 +41,16 @@ Format (names are the contract)::
     [fusion.tables]                   # the signature's other blocks: name = table
     pathology = "pathology.csv"
 
+    [necrosis]                        # optional: score the DICOM WSI of every completed study
+    enabled = false                   # true: `node serve` runs the necrosis worker thread
+    model = "default"                 # registry name or model folder
+    workers = 1                       # local Dask worker processes per study
+    mpp_override = 0.5                # optional: level-0 µm/px of slides that lack it
+    poll_seconds = 5                  # how often the worker looks for necrosis jobs
+
+    [results]                         # optional: where finished results go as DICOM
+    send_to = "pacs"                  # a [remotes.NAME]: SR + SEG are C-STOREd (or STOWed) there
+
 Unknown keys are errors (a typo must not silently turn a setting off).
 """
 
@@ -70,6 +80,7 @@ RADIOMICS_MODALITIES = ("CT", "MR", "PT")
 DEFAULT_RADIOMICS_CONFIGS = {"CT": "ct", "MR": "mr", "PT": "pet"}
 DEFAULT_ROI_PATTERN = "GTV.*"
 DEFAULT_RADIOMICS_POLL_SECONDS = 5.0
+DEFAULT_NECROSIS_POLL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +187,48 @@ class FusionSettings:
 
 
 @dataclass(frozen=True)
+class NecrosisSettings:
+    """``[necrosis]``: necrosis scoring of the DICOM whole-slide images of every completed study.
+
+    The radiology room only carries these settings; ``osteomics node serve`` supplies the
+    pathology room's scoring to the node's necrosis worker (rooms do not import each other).
+
+    Attributes
+    ----------
+    enabled:
+        True: a quiet study holding VL Whole Slide Microscopy instances gets a ``necrosis`` job,
+        and ``osteomics node serve`` runs the worker that claims them.
+    model:
+        Registry name (``default``) or model folder (relative paths resolved against node.toml).
+    workers:
+        Local Dask worker processes per study.
+    mpp_override:
+        Level-0 µm/px for slides that do not record it, or ``None``.
+    poll_seconds:
+        How often the worker looks for a job when the queue is empty.
+    """
+
+    enabled: bool = False
+    model: str = "default"
+    workers: int = 1
+    mpp_override: float | None = None
+    poll_seconds: float = DEFAULT_NECROSIS_POLL_SECONDS
+
+
+@dataclass(frozen=True)
+class ResultsSettings:
+    """``[results]``: where the node sends each finished result as DICOM (SR, SEG).
+
+    Attributes
+    ----------
+    send_to:
+        A remote of ``[remotes]``, or ``None`` (results stay on disk only).
+    """
+
+    send_to: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything ``osteomics node`` needs.
 
@@ -205,6 +258,10 @@ class NodeConfig:
         ``[radiomics]``: the radiomics worker's settings (off by default).
     fusion:
         ``[fusion]``: the signature that scores each study after its radiomics (off by default).
+    necrosis:
+        ``[necrosis]``: the necrosis worker's settings (off by default).
+    results:
+        ``[results]``: where finished results are sent (nowhere by default).
     config_path:
         The file this was loaded from, or ``None``.
     """
@@ -221,6 +278,8 @@ class NodeConfig:
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
     radiomics: RadiomicsSettings = field(default_factory=RadiomicsSettings)
     fusion: FusionSettings = field(default_factory=FusionSettings)
+    necrosis: NecrosisSettings = field(default_factory=NecrosisSettings)
+    results: ResultsSettings = field(default_factory=ResultsSettings)
     config_path: Path | None = None
 
     def remote(self, name: str) -> RemoteNode:
@@ -273,7 +332,7 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
     """Validate an already-parsed ``node.toml`` (``path`` resolves relative paths and names
     the file in messages)."""
     where = str(path)
-    _only_keys(raw, {"node", "remotes", "radiomics", "fusion"}, where, "")
+    _only_keys(raw, {"node", "remotes", "radiomics", "fusion", "necrosis", "results"}, where, "")
     node = raw.get("node")
     if not isinstance(node, dict):
         raise NodeConfigError(f"{where}: a [node] table is required (ae_title, port, storage)")
@@ -374,6 +433,8 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
         max_associations=max_assoc,
         radiomics=_radiomics(raw.get("radiomics", {}), base, where),
         fusion=_fusion(raw.get("fusion", {}), base, where),
+        necrosis=_necrosis(raw.get("necrosis", {}), base, where),
+        results=_results(raw.get("results", {}), remotes, where),
         config_path=path,
     )
 
@@ -472,6 +533,56 @@ def _fusion(table: object, base: Path, where: str) -> FusionSettings:
             raise NodeConfigError(f"{where}: fusion.tables.{name}: {path} does not exist")
         tables[name] = path
     return FusionSettings(folder, model, tables)
+
+
+def _necrosis(table: object, base: Path, where: str) -> NecrosisSettings:
+    """Validate ``[necrosis]`` (the model itself is resolved by the pathology room at start)."""
+    if not isinstance(table, dict):
+        raise NodeConfigError(f"{where}: necrosis must be a [necrosis] table")
+    _only_keys(
+        table, {"enabled", "model", "workers", "mpp_override", "poll_seconds"}, where, "necrosis"
+    )
+    enabled = table.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise NodeConfigError(f"{where}: necrosis.enabled must be true or false")
+    model = table.get("model", "default")
+    if not isinstance(model, str) or not model:
+        raise NodeConfigError(f"{where}: necrosis.model must be a model name or folder")
+    if ("/" in model or model.startswith(".")) and not Path(model).is_absolute():
+        model = str(base / model)
+    workers = table.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise NodeConfigError(f"{where}: necrosis.workers must be an integer >= 1")
+    mpp = table.get("mpp_override")
+    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, int | float) or mpp <= 0):
+        raise NodeConfigError(f"{where}: necrosis.mpp_override must be a number of µm/px > 0")
+    poll = table.get("poll_seconds", DEFAULT_NECROSIS_POLL_SECONDS)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
+        raise NodeConfigError(f"{where}: necrosis.poll_seconds must be a number > 0")
+    return NecrosisSettings(
+        enabled=enabled,
+        model=model,
+        workers=workers,
+        mpp_override=float(mpp) if mpp is not None else None,
+        poll_seconds=float(poll),
+    )
+
+
+def _results(table: object, remotes: dict[str, Any], where: str) -> ResultsSettings:
+    """Validate ``[results]``: ``send_to`` must name a ``[remotes.NAME]``."""
+    if not isinstance(table, dict):
+        raise NodeConfigError(f"{where}: results must be a [results] table")
+    _only_keys(table, {"send_to"}, where, "results")
+    send_to = table.get("send_to")
+    if send_to is None:
+        return ResultsSettings()
+    if not isinstance(send_to, str) or send_to not in remotes:
+        known = ", ".join(sorted(remotes)) or "none"
+        raise NodeConfigError(
+            f"{where}: results.send_to {send_to!r} is not a remote of this file (defined: "
+            f"{known}); add a [remotes.{send_to}] table or fix the name"
+        )
+    return ResultsSettings(send_to=send_to)
 
 
 def _only_keys(table: dict[str, Any], allowed: set[str], where: str, prefix: str) -> None:

@@ -1,8 +1,11 @@
-"""The durable job queue: ``study_complete`` jobs in the store's SQLite index.
+"""The durable job queue: ``study_complete`` and ``necrosis`` jobs in the store's SQLite index.
 
 When a study has received no new instance for ``study_quiet_seconds``, one ``study_complete``
-job is queued for it; downstream workers (radiomics) :meth:`~JobQueue.claim` jobs, and
-:meth:`~JobQueue.complete` or :meth:`~JobQueue.fail` them.
+job is queued for it (and, when the node runs the necrosis worker, one ``necrosis`` job if the
+study holds VL Whole Slide Microscopy instances); downstream workers (radiomics, necrosis)
+:meth:`~JobQueue.claim` jobs of their kind, and :meth:`~JobQueue.complete` or
+:meth:`~JobQueue.fail` them. Each kind is queued, claimed and retried on its own: a study that
+mixes slides and CT gets both jobs, and one failing leaves the other alone.
 
 Delivery is **at least once**:
 
@@ -50,6 +53,19 @@ log = logging.getLogger(__name__)
 
 #: The job kind queued when a study has been quiet for ``study_quiet_seconds``.
 STUDY_COMPLETE = "study_complete"
+#: The job kind queued for a quiet study that holds VL Whole Slide Microscopy instances.
+NECROSIS = "necrosis"
+#: VL Whole Slide Microscopy Image Storage.
+VL_WHOLE_SLIDE_MICROSCOPY = "1.2.840.10008.5.1.4.1.1.77.1.6"
+#: Per job kind: the condition (SQL on the study row ``st``) a quiet study must meet to get
+#: a job of that kind (every quiet study gets a ``study_complete`` job).
+_KIND_CONDITIONS = {
+    STUDY_COMPLETE: "",
+    NECROSIS: (
+        " AND EXISTS (SELECT 1 FROM instances i JOIN series s USING (series_uid)"
+        f"   WHERE s.study_uid = st.study_uid AND i.sop_class_uid = '{VL_WHOLE_SLIDE_MICROSCOPY}')"
+    ),
+}
 
 JobState = Literal["queued", "running", "done", "skipped", "failed"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "skipped", "failed")
@@ -215,13 +231,19 @@ class JobQueue:
 
     # -- producer side (the node) ----------------------------------------------------------
 
-    def queue_quiet_studies(self, quiet_seconds: float, now: float | None = None) -> list[Job]:
-        """Queue a ``study_complete`` job for every study quiet for ``quiet_seconds``.
+    def queue_quiet_studies(
+        self,
+        quiet_seconds: float,
+        now: float | None = None,
+        kinds: tuple[str, ...] = (STUDY_COMPLETE,),
+    ) -> list[Job]:
+        """Queue a job of each of ``kinds`` for every study quiet for ``quiet_seconds``.
 
-        A study gets a job when its last new instance arrived at least ``quiet_seconds`` ago
-        and no job covers that instance yet. A study whose job is still ``queued`` gets no
-        second job (the queued one is moved forward). Idempotent: calling it again queues
-        nothing new.
+        A study gets a job of a kind when its last new instance arrived at least
+        ``quiet_seconds`` ago, it meets the kind's condition (``necrosis``: it holds a VL Whole
+        Slide Microscopy instance) and no job of that kind covers that instance yet. A study
+        whose job of a kind is still ``queued`` gets no second one (the queued one is moved
+        forward). Idempotent: calling it again queues nothing new.
 
         Returns
         -------
@@ -229,38 +251,68 @@ class JobQueue:
             The jobs queued by this call.
         """
         now = time.time() if now is None else now
+        unknown = [k for k in kinds if k not in _KIND_CONDITIONS]
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {unknown}; known: {sorted(_KIND_CONDITIONS)}")
         queued: list[int] = []
         with self._transaction() as db:
-            rows = db.execute(
-                "SELECT st.study_uid, st.last_received FROM studies st"
-                " WHERE st.last_received <= ? AND NOT EXISTS ("
-                "   SELECT 1 FROM jobs j WHERE j.kind = ? AND j.study_uid = st.study_uid"
-                "   AND j.study_received >= st.last_received)"
-                " ORDER BY st.last_received",
-                (now - quiet_seconds, STUDY_COMPLETE),
-            ).fetchall()
-            for study_uid, last_received in rows:
-                moved = db.execute(
-                    "UPDATE jobs SET study_received = ?, updated = ?"
-                    " WHERE kind = ? AND study_uid = ? AND state = 'queued'",
-                    (last_received, now, STUDY_COMPLETE, study_uid),
-                ).rowcount
-                if moved:
-                    continue
-                cursor = db.execute(
-                    "INSERT INTO jobs(kind, study_uid, state, attempts, created, updated,"
-                    " study_received) VALUES (?, ?, 'queued', 0, ?, ?, ?)",
-                    (STUDY_COMPLETE, study_uid, now, now, last_received),
-                )
-                assert cursor.lastrowid is not None
-                queued.append(cursor.lastrowid)
+            for kind in kinds:
+                rows = db.execute(
+                    "SELECT st.study_uid, st.last_received FROM studies st"
+                    " WHERE st.last_received <= ? AND NOT EXISTS ("
+                    "   SELECT 1 FROM jobs j WHERE j.kind = ? AND j.study_uid = st.study_uid"
+                    f"   AND j.study_received >= st.last_received){_KIND_CONDITIONS[kind]}"
+                    " ORDER BY st.last_received",
+                    (now - quiet_seconds, kind),
+                ).fetchall()
+                for study_uid, last_received in rows:
+                    moved = db.execute(
+                        "UPDATE jobs SET study_received = ?, updated = ?"
+                        " WHERE kind = ? AND study_uid = ? AND state = 'queued'",
+                        (last_received, now, kind, study_uid),
+                    ).rowcount
+                    if moved:
+                        continue
+                    queued.append(self._insert_locked(db, kind, study_uid, now, last_received))
         jobs = [self._get(job_id) for job_id in queued]
         for job in jobs:
             log.info(
-                "queued job %d: study_complete of study %s (quiet for %g s)",
-                job.id, job.study_uid, quiet_seconds,
+                "queued job %d: %s of study %s (quiet for %g s)",
+                job.id, job.kind, job.study_uid, quiet_seconds,
             )  # fmt: skip
         return jobs
+
+    def enqueue(self, kind: str, study_uid: str, now: float | None = None) -> Job:
+        """Queue one job of ``kind`` for a study now (a follow-up of another job, e.g. sending
+        a finished radiomics result), unless one of that kind is already ``queued`` for it.
+
+        Returns
+        -------
+        Job
+            The new job, or the one already queued.
+        """
+        now = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE kind = ? AND study_uid = ? AND state = 'queued'",
+                (kind, study_uid),
+            ).fetchone()
+            job_id = row[0] if row else self._insert_locked(db, kind, study_uid, now, None)
+        job = self._get(job_id)
+        log.info("queued job %d: %s of study %s", job.id, kind, study_uid)
+        return job
+
+    @staticmethod
+    def _insert_locked(
+        db: sqlite3.Connection, kind: str, study_uid: str, now: float, received: float | None
+    ) -> int:
+        cursor = db.execute(
+            "INSERT INTO jobs(kind, study_uid, state, attempts, created, updated,"
+            " study_received) VALUES (?, ?, 'queued', 0, ?, ?, ?)",
+            (kind, study_uid, now, now, received),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
 
     # -- worker side -----------------------------------------------------------------------
 
@@ -392,10 +444,18 @@ class JobQueue:
             ).fetchone()
         return _job(row) if row is not None else None
 
-    def jobs(self, study_uid: str | None = None, state: JobState | None = None) -> list[Job]:
-        """Jobs in id order, optionally only those of one study and/or one state."""
+    def jobs(
+        self,
+        study_uid: str | None = None,
+        state: JobState | None = None,
+        kind: str | None = None,
+    ) -> list[Job]:
+        """Jobs in id order, optionally only those of one study, one state and/or one kind."""
         query = f"SELECT {_COLUMNS} FROM jobs WHERE 1 = 1"
         params: list[object] = []
+        if kind is not None:
+            query += " AND kind = ?"
+            params.append(kind)
         if study_uid is not None:
             query += " AND study_uid = ?"
             params.append(study_uid)
@@ -453,7 +513,8 @@ class JobQueue:
 
 
 class QuietStudyScheduler:
-    """A background thread that queues ``study_complete`` jobs for quiet studies.
+    """A background thread that queues ``study_complete`` (and other ``kinds`` of) jobs for
+    quiet studies.
 
     Parameters
     ----------
@@ -463,13 +524,20 @@ class QuietStudyScheduler:
         ``study_quiet_seconds``.
     interval_seconds:
         How often to look; by default a quarter of the quiet time, between 0.05 and 5 s.
+    kinds:
+        The job kinds to queue (see :meth:`JobQueue.queue_quiet_studies`).
     """
 
     def __init__(
-        self, queue: JobQueue, quiet_seconds: float, interval_seconds: float | None = None
+        self,
+        queue: JobQueue,
+        quiet_seconds: float,
+        interval_seconds: float | None = None,
+        kinds: tuple[str, ...] = (STUDY_COMPLETE,),
     ) -> None:
         self.queue = queue
         self.quiet_seconds = quiet_seconds
+        self.kinds = kinds
         self.interval_seconds = (
             interval_seconds
             if interval_seconds is not None
@@ -509,9 +577,9 @@ class QuietStudyScheduler:
         while not self._stop.wait(self.interval_seconds):
             started = time.time()
             try:
-                self.queue.queue_quiet_studies(self.quiet_seconds, now=started)
+                self.queue.queue_quiet_studies(self.quiet_seconds, now=started, kinds=self.kinds)
             except (sqlite3.Error, OSError) as exc:  # e.g. a busy or full disk: try again
-                log.error("cannot queue study_complete jobs in %s: %s", self.queue.root, exc)
+                log.error("cannot queue jobs in %s: %s", self.queue.root, exc)
                 continue
             with self._passed:
                 self._last_pass_started = started
@@ -526,7 +594,9 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_MAX_ATTEMPTS",
     "JOB_STATES",
+    "NECROSIS",
     "STUDY_COMPLETE",
+    "VL_WHOLE_SLIDE_MICROSCOPY",
     "Job",
     "JobQueue",
     "JobState",

@@ -11,6 +11,10 @@
   otherwise wait for a delayed ACK (about 40 ms on loopback).
 - pynetdicom's process-wide settings are made by :func:`start_node`
   (:func:`~osteomics.radiology.dimse.configure_pynetdicom`), not at import.
+- Workers: radiomics (``[radiomics]``), and the study-job workers whose work the command
+  layer supplies (``necrosis`` with ``[necrosis]``, ``radiomics_send`` with ``[results]``);
+  their DICOM results go to ``[results] send_to``
+  (:mod:`osteomics.radiology.necrosis_job`).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom import uid as sc
@@ -49,10 +54,13 @@ from osteomics.radiology.errors import (
     AssociationFailedError,
     InconsistentDatasetError,
     InvalidDatasetError,
+    NodeConfigError,
     StorageFullError,
     StoreError,
 )
-from osteomics.radiology.jobs import JobQueue, QuietStudyScheduler
+from osteomics.radiology.jobs import NECROSIS, STUDY_COMPLETE, JobQueue, QuietStudyScheduler
+from osteomics.radiology.necrosis_job import StudyHandler, StudyJobWorker
+from osteomics.radiology.pacs_types import StoreOutcome
 from osteomics.radiology.part10 import PREAMBLE, encode_file_meta
 from osteomics.radiology.radiomics_job import RadiomicsWorker, StudyRadiomics
 from osteomics.radiology.store import DicomStore, read_dataset_attributes
@@ -118,6 +126,8 @@ class RunningNode:
         The thread that queues ``study_complete`` jobs for quiet studies.
     radiomics:
         The radiomics worker thread (``[radiomics] enabled = true``), or ``None``.
+    workers:
+        The study-job worker threads by job kind (``necrosis``, ``radiomics_send``).
     """
 
     config: NodeConfig
@@ -127,6 +137,7 @@ class RunningNode:
     jobs: JobQueue
     scheduler: QuietStudyScheduler
     radiomics: RadiomicsWorker | None = None
+    workers: dict[str, StudyJobWorker] = field(default_factory=dict)
 
     def stop(self) -> None:
         """Stop accepting, end the running associations, stop the scheduler (and the radiomics
@@ -140,6 +151,8 @@ class RunningNode:
         self.scheduler.stop()
         if self.radiomics is not None:
             self.radiomics.stop()
+        for worker in self.workers.values():
+            worker.stop()
         self.jobs.close()
         self.store.close()
         log.info("node %s stopped", self.config.ae_title)
@@ -167,6 +180,7 @@ def start_node(
     config: NodeConfig,
     store: DicomStore | None = None,
     on_radiomics: Callable[[StudyRadiomics], None] | None = None,
+    handlers: dict[str, StudyHandler] | None = None,
 ) -> RunningNode:
     """Recover the store, queue jobs for studies that went quiet while the node was down, then
     listen on ``config.host:config.port`` and queue ``study_complete`` jobs in background threads.
@@ -180,6 +194,11 @@ def start_node(
     on_radiomics:
         Called with each study's radiomics result once its job is done (the CLI scores it
         with the ``[fusion]`` signature); errors there are logged, the job stays done.
+    handlers:
+        The work of study jobs by kind, supplied by the command layer (the radiology room does
+        not import the pathology room): ``necrosis`` (required with ``[necrosis] enabled``)
+        and ``radiomics_send``. A worker thread runs each; with ``[results] send_to`` their
+        DICOM objects are sent there.
 
     Returns
     -------
@@ -192,17 +211,27 @@ def start_node(
         The storage cannot be opened.
     AssociationFailedError
         The address cannot be bound (port in use, address not local).
+    NodeConfigError
+        ``[necrosis] enabled`` without a ``necrosis`` handler.
     """
+    job_handlers = dict(handlers or {})
+    if config.necrosis.enabled and NECROSIS not in job_handlers:
+        raise NodeConfigError(
+            f"{config.config_path or 'node.toml'}: [necrosis] enabled = true needs the "
+            "pathology room's scoring: run the node with `osteomics node serve`, or pass a "
+            "necrosis handler to start_node"
+        )
+    kinds = (STUDY_COMPLETE, NECROSIS) if config.necrosis.enabled else (STUDY_COMPLETE,)
     configure_pynetdicom(serving=True)
     store = store or DicomStore(config.storage)
     report = store.recover()
     if report.repaired:
         log.warning("store repaired at start: %s", report)
     jobs = JobQueue(config.storage)
-    jobs.queue_quiet_studies(config.study_quiet_seconds)
+    jobs.queue_quiet_studies(config.study_quiet_seconds, kinds=kinds)
     ae = build_ae(config)
     peers = AssociationLog()
-    handlers: list[Any] = [
+    events: list[Any] = [
         (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_CONN_OPEN, _speed_up),
         (evt.EVT_REQUESTED, _on_requested, [config]),
@@ -213,7 +242,7 @@ def start_node(
         server = ae.start_server(
             (config.host, config.port),
             block=False,
-            evt_handlers=handlers,
+            evt_handlers=events,
             ssl_context=_server_ssl_context(config),
         )
     except OSError as exc:
@@ -227,25 +256,58 @@ def start_node(
     assert server is not None
     port = int(server.server_address[1])
     log.info("node %s listening on %s:%d", config.ae_title, config.host, port)
-    scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds).start()
+    scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds, kinds=kinds).start()
     worker = None
     if config.radiomics.enabled:
         worker = RadiomicsWorker(store, config.radiomics, on_result=on_radiomics).start()
         log.info("radiomics worker started (%s)", ", ".join(config.radiomics.modalities))
-    return RunningNode(config, store, server, port, jobs, scheduler, worker)
+    workers = {
+        kind: StudyJobWorker(
+            store,
+            kind,
+            handler,
+            poll_seconds=config.necrosis.poll_seconds,
+            send=_sender(config),
+            send_to=config.results.send_to,
+        ).start()
+        for kind, handler in job_handlers.items()
+        if kind != NECROSIS or config.necrosis.enabled
+    }
+    for kind in workers:
+        log.info(
+            "%s worker started%s",
+            kind,
+            f", results sent to {config.results.send_to}" if config.results.send_to else "",
+        )
+    return RunningNode(config, store, server, port, jobs, scheduler, worker, workers)
+
+
+def _sender(config: NodeConfig) -> Callable[[Sequence[Path]], StoreOutcome] | None:
+    """``send_files`` to ``[results] send_to``, or None when results stay on disk."""
+    remote = config.results.send_to
+    if remote is None:
+        return None
+
+    def send(files: Sequence[Path]) -> StoreOutcome:
+        from osteomics.radiology.pacs import send_files
+
+        return send_files(config, remote, files)
+
+    return send
 
 
 def serve(
     config: NodeConfig,
     ready: Callable[[RunningNode], None] | None = None,
     on_radiomics: Callable[[StudyRadiomics], None] | None = None,
+    handlers: dict[str, StudyHandler] | None = None,
 ) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM.
 
     ``ready`` is called once the node listens (the CLI prints where); ``on_radiomics`` after
-    each study's radiomics job is done (see :func:`start_node`).
+    each study's radiomics job is done; ``handlers`` do the study jobs (see :func:`start_node`).
     """
-    node = start_node(config, on_radiomics=on_radiomics)
+    node = start_node(config, on_radiomics=on_radiomics, handlers=handlers)
     stop = threading.Event()
 
     def _stop(signum: int, frame: object) -> None:
