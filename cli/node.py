@@ -12,9 +12,16 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from osteomics.radiology.config import NodeConfig, load_node_config
+from osteomics.radiology.jobs import NECROSIS, JobQueue
+from osteomics.radiology.necrosis_job import (
+    RADIOMICS_SEND,
+    StudyHandler,
+    StudyJobResult,
+    StudyWork,
+)
 from osteomics.radiology.node import RunningNode, echo, serve
 from osteomics.radiology.pacs import get_connector, pull
-from osteomics.radiology.store import open_store
+from osteomics.radiology.store import open_index, open_store
 
 if TYPE_CHECKING:
     from osteomics.radiology.radiomics_job import StudyRadiomics
@@ -31,6 +38,8 @@ _SERVING_LOGGERS = (
     "osteomics.radiology.store",
     "osteomics.radiology.jobs",
     "osteomics.radiology.radiomics_job",
+    "osteomics.radiology.necrosis_job",
+    "osteomics.radiology.pacs",
 )
 
 CONFIG_HELP = "The node's node.toml (AE title, port, storage, allow-list, remotes)."
@@ -43,6 +52,27 @@ def _config(path: Path) -> NodeConfig:
 def _iso(seconds: float) -> str:
     """A POSIX time as ISO 8601 local time with its UTC offset (``2026-11-30T15:45:35+01:00``)."""
     return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
+
+
+def failed_jobs(storage: Path, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest failed jobs (and jobs queued again after a failure) with their reason, read
+    from the store's index without changing it."""
+    db = open_index(storage, create=False)
+    try:
+        if not db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+        ).fetchone():
+            return []
+        rows = db.execute(
+            "SELECT id, kind, study_uid, state, attempts, error FROM jobs"
+            " WHERE error IS NOT NULL AND state IN ('failed', 'queued')"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+    finally:
+        db.close()
+    keys = ("id", "kind", "study_uid", "state", "attempts", "error")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def _unserved_jobs_note(cfg: NodeConfig, jobs: dict[str, int]) -> str | None:
@@ -78,7 +108,49 @@ def serve_command(
             err=True,
         )
 
-    serve(cfg, ready=ready, on_radiomics=_fusion_scorer(cfg))
+    serve(cfg, ready=ready, on_radiomics=_after_radiomics(cfg), handlers=job_handlers(cfg))
+
+
+def job_handlers(cfg: NodeConfig) -> dict[str, StudyHandler]:
+    """The work of the node's study jobs, from the rooms the radiology room may not import:
+    ``necrosis`` with ``[necrosis] enabled`` (the pathology room scores the study's slides,
+    the DICOM exporter writes SR + SEG), ``radiomics_send`` with ``[radiomics] enabled`` and
+    ``[results] send_to`` (the radiomics table exported as TID 1500 SR)."""
+    handlers: dict[str, StudyHandler] = {}
+    if cfg.necrosis.enabled:
+        from osteomics.cli.study_necrosis import necrosis_handler
+
+        handlers[NECROSIS] = necrosis_handler(cfg)
+    if cfg.radiomics.enabled and cfg.results.send_to is not None:
+        handlers[RADIOMICS_SEND] = _radiomics_sr
+    return handlers
+
+
+def _radiomics_sr(work: StudyWork) -> StudyJobResult:
+    """The ``radiomics_send`` job's work: the study's radiomics table as TID 1500 SR (one per
+    ROI) in ``results/radiomics/<StudyUID>/dicom/``."""
+    from osteomics.plugins.dicom_export import export_run
+    from osteomics.radiology.radiomics_job import TABLE_NAME
+
+    report = export_run(work.out_dir / TABLE_NAME, work.out_dir / "dicom")
+    files = tuple(Path(o.path) for o in report.objects)
+    return StudyJobResult(work.study_uid, work.out_dir, files, f"{len(files)} radiomics SR(s)")
+
+
+def _after_radiomics(cfg: NodeConfig) -> Callable[[StudyRadiomics], None] | None:
+    """What follows a study's radiomics job: the ``[fusion]`` scoring, and with ``[results]
+    send_to`` a ``radiomics_send`` job (durable: retried like any job if the send fails)."""
+    score = _fusion_scorer(cfg)
+    if cfg.results.send_to is None:
+        return score
+
+    def after(result: StudyRadiomics) -> None:
+        with JobQueue(cfg.storage) as queue:
+            queue.enqueue(RADIOMICS_SEND, result.study_uid)
+        if score is not None:
+            score(result)
+
+    return after
 
 
 def _fusion_scorer(cfg: NodeConfig) -> Callable[[StudyRadiomics], None] | None:
@@ -136,14 +208,22 @@ def status_command(
     with open_store(cfg.storage, mode="read") as store:  # never creates a store
         status = store.status()
     note = _unserved_jobs_note(cfg, dict(status.jobs))
+    failures = failed_jobs(cfg.storage)
     if as_json:
-        typer.echo(json.dumps(status.to_dict(), indent=2))
+        document = status.to_dict()
+        document["failures"] = failures
+        typer.echo(json.dumps(document, indent=2))
     else:
         jobs = ", ".join(f"{n} {state}" for state, n in sorted(status.jobs.items())) or "none"
         typer.echo(
             f"{status.patients} patients, {status.studies} studies, {status.series} series, "
             f"{status.instances} instances; jobs: {jobs}"
         )
+        for f in failures:
+            typer.echo(
+                f"job {f['id']} {f['kind']} of study {f['study_uid']} {f['state']} after "
+                f"attempt {f['attempts']}: {f['error']}"
+            )
     if note is not None:
         typer.secho(note, fg=typer.colors.YELLOW, err=True)
 

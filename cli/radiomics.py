@@ -177,7 +177,15 @@ def radiomics(
     out: Path = typer.Option(..., "--out", help="Output table: .csv or .parquet."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
     node_config: Path | None = typer.Option(
-        None, "--node-config", help="The node's node.toml, for store:<StudyInstanceUID> inputs."
+        None,
+        "--node-config",
+        help="The node's node.toml, for store:<StudyInstanceUID> inputs and --send.",
+    ),
+    send: str | None = typer.Option(
+        None,
+        "--send",
+        help="After the run: export the TID 1500 SR and store it on this remote of node.toml "
+        "(with --node-config).",
     ),
 ) -> None:
     """Compute IBSI features; write the long table and FILE's provenance JSON next to it.
@@ -185,9 +193,23 @@ def radiomics(
     INPUT: a NIfTI image with --mask a NIfTI mask; a DICOM series folder with --mask an RTSTRUCT
     or SEG file; a DICOM study folder (image series + RTSTRUCT/SEG found inside); or
     store:<StudyInstanceUID>, a study in the store of the node whose node.toml --node-config gives.
+
+    --send REMOTE: the SR (one per ROI) is written into OUT's folder under <OUT stem>-dicom/ and
+    stored on REMOTE; exit code 1 when it was not (the table and the SR stay on disk).
     """
     if out.suffix not in (".csv", ".parquet"):
         raise RadiomicsError(f"{out}: the output must end in .csv or .parquet")
+    node = None
+    if send is not None:
+        from osteomics.core.errors import InvalidOptionError
+        from osteomics.radiology.config import load_node_config
+
+        if node_config is None:
+            raise InvalidOptionError(
+                f"--send {send}: give --node-config node.toml, which defines the remote"
+            )
+        node = load_node_config(node_config)
+        node.remote(send)  # an unknown remote fails before the run
     cfg = load_config(config)
     t0 = time.perf_counter()
     loaded = load_inputs(input_path, mask, roi, modality, node_config, series_uid)
@@ -230,3 +252,12 @@ def radiomics(
         typer.echo(json.dumps(summary))
     else:
         typer.echo(f"{len(values)} features of ROI {roi_mask.name!r} -> {out} ({seconds:.2f} s)")
+    if send is not None and node is not None:
+        from osteomics.cli.study_necrosis import send_and_report
+        from osteomics.plugins.dicom_export import export_run
+
+        dicom_dir = out.with_name(out.name.removesuffix(out.suffix) + "-dicom")
+        exported = export_run(out, dicom_dir, sources=[image_path])
+        files = [Path(o.path) for o in exported.objects]
+        if not send_and_report(node, send, files, dicom_dir):
+            raise typer.Exit(1)
