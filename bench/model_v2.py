@@ -94,6 +94,7 @@ def extract(
     restain_every: int,
     threads: int,
     nine_crops: bool,
+    reuse: bool = False,
 ) -> Path:
     import torch
 
@@ -133,11 +134,30 @@ def extract(
         context = features(resample_to_mpp(rgb, TILE_MPP, 2 * TILE_MPP)[None])
         return whole.astype(np.float16), context[0].astype(np.float16)
 
+    tag = f"{source}_{stain}_{'crops9' if nine_crops else 'whole'}" + (
+        f"_limit{limit}" if limit else ""
+    )
+    cached: dict[str, Any] | None = None
+    if reuse and (OUT / f"{tag}.npz").exists():
+        # the tiles' own features are cached already: only the restained copies are new
+        cached = dict(np.load(OUT / f"{tag}.npz", allow_pickle=True))
+        assert list(cached["files"]) == list(m["file"]), "cache and manifest differ"
     crops, context, restained = [], [], []
     started = time.perf_counter()
     for i, file in enumerate(m["file"]):
         rgb = read_rgb(DATA / file)
-        c, ctx = tile_features(rgb)
+        if cached is not None and (not restain or i % restain_every):
+            crops.append(cached["crops"][i])
+            context.append(cached["context"][i])
+            if restain:
+                restained.append(
+                    np.full((len(stains), *cached["crops"][i].shape), np.nan, np.float16)
+                )
+            continue
+        if cached is not None:
+            c, ctx = cached["crops"][i], cached["context"][i]
+        else:
+            c, ctx = tile_features(rgb)
         crops.append(c)
         context.append(ctx)
         if restain and i % restain_every:
@@ -157,9 +177,6 @@ def extract(
             print(f"{i + 1}/{len(m)} tiles, {time.perf_counter() - started:.0f} s", flush=True)
     seconds = time.perf_counter() - started
     OUT.mkdir(parents=True, exist_ok=True)
-    tag = f"{source}_{stain}_{'crops9' if nine_crops else 'whole'}" + (
-        f"_limit{limit}" if limit else ""
-    )
     path = OUT / f"{tag}.npz"
     arrays: dict[str, Any] = {
         "files": np.asarray(m["file"], dtype=str),
@@ -180,6 +197,7 @@ def extract(
         "views": "nine 224 px crops" if nine_crops else "whole 512 px tile",
         "restain_every": restain_every,
         "torch_threads": threads,
+        "reused_tile_features": cached is not None,
         "provenance": weights.provenance,
     }
     (OUT / f"{tag}.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -526,6 +544,11 @@ def main() -> None:
     )
     f.add_argument("--nine-crops", action="store_true", help="nine crops instead of the tile")
     f.add_argument("--threads", type=int, default=2)
+    f.add_argument(
+        "--reuse",
+        action="store_true",
+        help="take the tiles' own features from the existing cache (only restained copies new)",
+    )
     e = sub.add_parser("evaluate")
     e.add_argument("--v1", action="store_true", help="also score the shipped v1 model")
     sh = sub.add_parser("ship")
@@ -538,7 +561,13 @@ def main() -> None:
         return
     if args.command == "features":
         extract(
-            args.source, args.stain, args.limit, args.restain_every, args.threads, args.nine_crops
+            args.source,
+            args.stain,
+            args.limit,
+            args.restain_every,
+            args.threads,
+            args.nine_crops,
+            args.reuse,
         )
         return
     m = manifest()

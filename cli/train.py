@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from osteomics.wsi.errors import OutputNotWritableError
+from osteomics.wsi.errors import OutputNotWritableError, TrainingDataError
 
 
 def train(
@@ -60,15 +60,49 @@ def train(
         False, "--no-robustness", help="Skip the stain-perturbation check during CV."
     ),
     name: str | None = typer.Option(None, "--name", help="Model name in the card."),
+    linear_probe: bool = typer.Option(
+        False,
+        "--linear-probe",
+        help="Keep the --pretrained trunk frozen and fit a logistic regression on its pooled "
+        "features (C by inner grouped CV), folded into the classifier (the v2 recipe); "
+        "--epochs, --crops-per-image, --label-smoothing and --fixed-schedule do not apply.",
+    ),
+    soft_label: list[str] = typer.Option(
+        [],
+        "--soft-label",
+        help="FOLDER=CLASS_A+CLASS_B: the folder's images count as an equal share of each "
+        "class (training only; with --linear-probe). Repeatable.",
+    ),
+    ignore_class: list[str] = typer.Option(
+        [], "--ignore-class", help="A label folder to leave out (with --linear-probe). Repeatable."
+    ),
+    fp16: bool = typer.Option(
+        False, "--fp16", help="Store the weights as float16 (half the size; with --linear-probe)."
+    ),
 ) -> None:
     """Cross-validate (grouped by patient, or by slide when a class has one patient), calibrate,
     fit on all images, and write MODEL_DIR/model.safetensors + model_card.json."""
     from osteomics.wsi.model import COLOUR_MODES, COLOUR_NORMALISATION, Preprocessing, save_model
     from osteomics.wsi.stain import NORMALISERS
-    from osteomics.wsi.train import TrainConfig
+    from osteomics.wsi.train import ProbeConfig, TrainConfig, parse_soft_labels, train_linear_probe
     from osteomics.wsi.train import train as run_training
     from osteomics.wsi.weights import load_pretrained
 
+    if (soft_label or ignore_class or fp16) and not linear_probe:
+        raise typer.BadParameter(
+            "--soft-label, --ignore-class and --fp16 go with --linear-probe",
+            param_hint="--linear-probe",
+        )
+    try:
+        soft_labels = parse_soft_labels(soft_label)
+    except TrainingDataError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--soft-label") from exc
+    if linear_probe and not (pretrained or checkpoint):
+        raise typer.BadParameter(
+            "--linear-probe keeps a pretrained trunk frozen: give --pretrained (osteomics "
+            "plugins lists the weight sources)",
+            param_hint="--pretrained",
+        )
     if pretrained and checkpoint:
         raise typer.BadParameter(
             "give --pretrained or --checkpoint, not both (--pretrained PATH reads a local "
@@ -122,8 +156,18 @@ def train(
 
     from osteomics.cli.progress import stages
 
+    probe_config = ProbeConfig(
+        soft_labels=soft_labels,
+        ignore_classes=tuple(ignore_class),
+        half_precision=fp16,
+    )
     with stages("training") as say:
-        net, card = run_training(tile_dir, config, cases_csv=cases, name=name, progress=say)
+        if linear_probe:
+            net, card = train_linear_probe(
+                tile_dir, config, probe_config, cases_csv=cases, name=name, progress=say
+            )
+        else:
+            net, card = run_training(tile_dir, config, cases_csv=cases, name=name, progress=say)
     # Every effective option, so that the command reproduces the run whatever the defaults.
     argv = ["osteomics", "train", str(tile_dir), "--out", str(out), "--arch", arch]
     argv += ["--tile-mpp", str(tile_mpp), "--input-mpp", str(input_mpp)]
@@ -136,8 +180,14 @@ def train(
     argv += ["--pretrained", pretrained] if pretrained else []
     argv += ["--no-robustness"] if no_robustness else []
     argv += ["--name", name] if name else []
+    argv += ["--linear-probe"] if linear_probe else []
+    for spec in soft_label:
+        argv += ["--soft-label", spec]
+    for label in ignore_class:
+        argv += ["--ignore-class", label]
+    argv += ["--fp16"] if fp16 else []
     card.training["command"] = shlex.join(argv)
-    card = save_model(net, card, out)
+    card = save_model(net.half() if fp16 else net, card, out)
     cv = card.cross_validation
     typer.echo(
         json.dumps(

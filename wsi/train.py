@@ -686,3 +686,339 @@ def train(
         versions=model_versions(),
     )
     return net, card
+
+
+# --- linear probe: frozen pretrained trunk + logistic regression (the v2 recipe) -------------
+
+#: Regularisation strengths the inner grouped CV chooses from (sklearn's C: larger = weaker).
+PROBE_C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+
+
+@dataclass(frozen=True)
+class LinearProbe:
+    """Multinomial logistic regression on standardised features.
+
+    ``logits(x) = ((x - mean) / scale) @ coef.T + intercept``; :meth:`folded` gives the same
+    map as one linear layer on the raw features (what goes into the network's classifier).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    c: float
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(features, np.float64) - self.mean) / self.scale
+        out: np.ndarray = z @ self.coef.T + self.intercept
+        return out
+
+    def folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (k, d), bias (k,)) with ``features @ weight.T + bias == logits``."""
+        weight = self.coef / self.scale[None]
+        return weight, self.intercept - weight @ self.mean
+
+
+def _balanced(y: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Sample weights times balanced class weights (total weight per class equal)."""
+    counts = np.bincount(y, weights=w, minlength=k)
+    present = max(int((counts > 0).sum()), 1)
+    return np.asarray(w * (counts.sum() / np.maximum(counts, 1e-12) / present)[y])
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, k: int) -> LinearProbe:
+    """Standardise, then a multinomial logistic regression with balanced class weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    clf = LogisticRegression(C=c, max_iter=3000).fit((x - mean) / scale, y, _balanced(y, w, k))
+    coef = np.zeros((k, x.shape[1]))
+    intercept = np.full(k, -1e4)  # a class absent from training is never predicted
+    if len(clf.classes_) == 2:  # sklearn keeps one row for two classes
+        coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+        coef[clf.classes_[0]], intercept[clf.classes_[0]] = 0.0, 0.0
+    else:
+        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    return LinearProbe(mean, scale, coef, intercept, float(c))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def fit_linear_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    w: np.ndarray,
+    groups: Sequence[str],
+    k: int,
+    seed: int = 0,
+    grid: Sequence[float] = PROBE_C_GRID,
+) -> LinearProbe:
+    """:func:`fit_logistic` with C chosen by an inner grouped 3-fold CV (weighted log-loss).
+
+    ``w`` weighs rows (soft labels: one row per class, weight = share); with fewer than two
+    groups the middle of the grid is used.
+    """
+    groups = list(groups)
+    if len(set(groups)) < 2:
+        return fit_logistic(x, y, w, float(grid[len(grid) // 2]), k)
+    inner = grouped_folds(y, groups, 3, seed)
+    losses = []
+    for c in grid:
+        loss = 0.0
+        for f in np.unique(inner):
+            tr, va = inner != f, inner == f
+            p = _softmax(fit_logistic(x[tr], y[tr], w[tr], c, k).logits(x[va]))
+            loss -= float((w[va] * np.log(np.clip(p[np.arange(va.sum()), y[va]], 1e-6, 1))).sum())
+        losses.append(loss)
+    return fit_logistic(x, y, w, float(grid[int(np.argmin(losses))]), k)
+
+
+def backbone_features(
+    net: torch.nn.Module, card: ModelCard, tiles: np.ndarray, batch_size: int = 16
+) -> np.ndarray:
+    """Pooled pre-logit features (n, d) of RGB uint8 tiles, after the card's preprocessing:
+    exactly what the network's classifier sees."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(tiles), batch_size):
+            x = torch.from_numpy(
+                preprocess_tiles(tiles[start : start + batch_size], card.preprocessing)
+            )
+            pooled = net.forward_head(net.forward_features(x), pre_logits=True)  # type: ignore[operator]
+            out.append(pooled.float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def fold_probe_into(net: torch.nn.Module, probe: LinearProbe) -> torch.nn.Module:
+    """Write the probe into the network's classifier (a linear layer on pooled features)."""
+    import torch
+
+    weight, bias = probe.folded()
+    head = net.get_classifier()  # type: ignore[operator]
+    if not isinstance(head, torch.nn.Linear) or tuple(head.weight.shape) != weight.shape:
+        raise TrainingDataError(
+            f"{type(net).__name__}: its classifier is not one linear layer of shape "
+            f"{weight.shape}; --linear-probe needs a timm network with a linear head"
+        )
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight).float())
+        head.bias.copy_(torch.from_numpy(bias).float())
+    return net
+
+
+def parse_soft_labels(specs: Sequence[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``FOLDER=CLASS_A+CLASS_B`` -> ((FOLDER, (CLASS_A, CLASS_B)), ...)."""
+    out = []
+    for spec in specs:
+        folder, sep, classes = spec.partition("=")
+        parts = tuple(c.strip() for c in classes.split("+") if c.strip())
+        if not sep or not folder.strip() or len(parts) < 2:
+            raise TrainingDataError(
+                f"--soft-label {spec!r}: write FOLDER=CLASS_A+CLASS_B (the folder's images "
+                "count as an equal share of each class)"
+            )
+        out.append((folder.strip(), parts))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What :func:`train_linear_probe` adds to :class:`TrainConfig` (recorded in the card)."""
+
+    #: Folder -> classes its images are an equal mixture of (soft labels, training only).
+    soft_labels: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: Label folders left out entirely.
+    ignore_classes: tuple[str, ...] = ()
+    c_grid: tuple[float, ...] = PROBE_C_GRID
+    #: Restained copies (each other case's median stains) of every k-th held-out image.
+    restain_every: int = 4
+    #: Store the weights as float16 (half the size; probabilities move by ~1e-3).
+    half_precision: bool = False
+
+
+def train_linear_probe(
+    folder: Path,
+    config: TrainConfig,
+    probe_config: ProbeConfig | None = None,
+    cases_csv: Path | None = None,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[torch.nn.Module, ModelCard]:
+    """Frozen pretrained trunk + logistic regression, folded into the network's classifier.
+
+    Every grid sub-tile of every image goes once through the frozen trunk (the source given by
+    ``config.pretrained``); each image weighs 1 in total (its sub-tiles share it; a soft-label
+    image is split over its classes). Grouped CV (as :func:`train`: by patient, else slide)
+    gives the card's figures and the temperature (fitted on the out-of-fold sub-tile logits);
+    C is chosen inside each fold by an inner grouped CV on the training images only. The final
+    probe is fitted on all images and written into the network's linear classifier, so the
+    folder is an ordinary model: the network's logits equal the probe's.
+
+    Raises
+    ------
+    TrainingDataError
+        No ``pretrained`` source, a soft-label folder naming an unknown class, no images.
+    """
+    import torch
+
+    probe_config = probe_config or ProbeConfig()
+    if not _pretrained_spec(config):
+        raise TrainingDataError(
+            "--linear-probe needs a frozen trunk: give --pretrained (osteomics plugins lists "
+            "the weight sources)"
+        )
+    started = time.perf_counter()
+    tiles = [
+        t for t in labelled_images(folder, cases_csv) if t.label not in probe_config.ignore_classes
+    ]
+    soft = dict(probe_config.soft_labels)
+    hard_tiles = [t for t in tiles if t.label not in soft]
+    classes = sorted({t.label for t in hard_tiles})
+    for name_, parts in soft.items():
+        unknown = [c for c in parts if c not in classes]
+        if unknown:
+            raise TrainingDataError(
+                f"--soft-label {name_}: no class folder {', '.join(unknown)} in {folder} "
+                f"(classes: {', '.join(classes)})"
+            )
+    if len(classes) < 2:
+        raise TrainingDataError(f"{folder}: fewer than two classes left to train on")
+    soft_tiles = [t for t in tiles if t.label in soft]
+    all_tiles = hard_tiles + soft_tiles
+    images = prepare_images(all_tiles, classes + sorted(soft), config)
+    k = len(classes)
+    grouping = choose_grouping(hard_tiles)
+    key = (lambda t: t.case) if grouping.kind == "patient" else (lambda t: f"{t.case}/{t.slide}")
+    groups = [key(t) for t in all_tiles]
+    n_hard = len(hard_tiles)
+
+    net = new_network(config, k).eval()
+    card = _card_stub(classes, config)
+    if progress:
+        progress(
+            f"{n_hard} images (+{len(soft_tiles)} soft-labelled), {k} classes: features of "
+            f"{sum(len(i.grid) for i in images)} sub-tiles through the frozen {config.arch}"
+        )
+    feats = [backbone_features(net, card, img.grid) for img in images]
+
+    def rows(idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        xs, ys, ws, gs = [], [], [], []
+        for i in idx:
+            f = feats[i]
+            targets = (
+                [images[i].label]
+                if i < n_hard
+                else [classes.index(c) for c in soft[all_tiles[i].label]]
+            )
+            for cls in targets:
+                xs.append(f)
+                ys.append(np.full(len(f), cls))
+                ws.append(np.full(len(f), 1.0 / len(f) / len(targets)))
+                gs += [groups[i]] * len(f)
+        return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), gs
+
+    labels = np.array([img.label for img in images[:n_hard]])
+    folds_hard = grouped_folds(labels, list(groups[:n_hard]), config.n_folds, config.seed)
+    fold_of_group = dict(zip(groups[:n_hard], folds_hard.tolist(), strict=True))
+    fold_of = np.array(
+        [fold_of_group.get(g, -1) for g in groups]
+    )  # soft images follow their group's fold (never held out)
+    case_stains = _case_stains(images[:n_hard]) if config.robustness else {}
+    fold_results: list[FoldResult] = []
+    chosen_c: list[float] = []
+    flips: list[bool] = []
+    for fold in range(int(folds_hard.max()) + 1):
+        t0 = time.perf_counter()
+        train_idx = np.flatnonzero(fold_of != fold)
+        test_idx = np.flatnonzero(fold_of[:n_hard] == fold)
+        x, y, w, g = rows(train_idx.tolist())
+        probe = fit_linear_probe(x, y, w, g, k, config.seed, probe_config.c_grid)
+        chosen_c.append(probe.c)
+        logits = [probe.logits(feats[i]).astype(np.float32) for i in test_idx]
+        if config.robustness and probe_config.restain_every > 0:
+            for j, i in enumerate(test_idx):
+                if j % probe_config.restain_every:
+                    continue
+                img = images[int(i)]
+                base = int(np.argmax(_softmax(logits[j]).mean(0)))
+                for case, est in sorted(case_stains.items()):
+                    if case == img.tile.case:
+                        continue
+                    copy = np.stack(
+                        [macenko_normalise(t, est.stains, est.max_concentrations) for t in img.grid]
+                    )
+                    p = _softmax(probe.logits(backbone_features(net, card, copy))).mean(0)
+                    flips.append(int(np.argmax(p)) != base)
+        fold_results.append(
+            FoldResult(fold, test_idx.tolist(), 0, logits, {}, time.perf_counter() - t0)
+        )
+        if progress:
+            progress(f"fold {fold + 1}: {len(test_idx)} held-out images, C = {probe.c}")
+    hard_grouping = Grouping(grouping.kind, grouping.reason, tuple(groups[:n_hard]))
+    temperature, cv, _ = summarise_cv(images[:n_hard], classes, hard_grouping, fold_results)
+    cv["logistic_regression_C_per_fold"] = chosen_c
+    robustness: dict[str, Any] = {}
+    if flips:
+        robustness["restain_as_other_case"] = {
+            "n": len(flips),
+            "flip_rate": float(np.mean(flips)),
+            "note": f"every {probe_config.restain_every}th held-out image re-rendered with the "
+            "median Macenko stains of each other case, predicted by its fold's probe",
+        }
+    x, y, w, g = rows(list(range(len(images))))
+    probe = fit_linear_probe(x, y, w, g, k, config.seed, probe_config.c_grid)
+    fold_probe_into(net, probe)
+    if probe_config.half_precision:
+        net = net.half().float()  # rounded to float16 as stored
+    if progress:
+        progress(
+            f"cross-validation accuracy {cv['accuracy']:.3f}, macro-F1 {cv['macro_f1']:.3f}; "
+            f"final probe on all images (C = {probe.c})"
+        )
+    summary = training_summary(images[:n_hard], classes, folder)
+    summary["soft_labelled_images"] = [
+        {"file": f"{i.tile.label}/{i.tile.path.name}", "classes": list(soft[i.tile.label]),
+         "case": i.tile.case, "slide": i.tile.slide, "sha256": i.sha256}
+        for i in images[n_hard:]
+    ]  # fmt: skip
+    card = ModelCard(
+        name=name or Path(folder).name,
+        classes=list(classes),
+        arch=config.arch,
+        input_mpp=config.input_mpp,
+        input_px=config.input_px,
+        preprocessing=config.preprocessing,
+        temperature=temperature,
+        training={
+            **summary,
+            "method": f"linear probe: frozen pretrained {config.arch} trunk (pooled pre-logit "
+            "features of each input field) + multinomial logistic regression (standardised "
+            "features, balanced class weights, C by inner grouped 3-fold CV), folded into the "
+            "network's classifier (w' = w / sigma, b' = b - w' . mu)",
+            "config": asdict(config),
+            "linear_probe": {
+                **asdict(probe_config),
+                "C": probe.c,
+                "weights_dtype": "float16" if probe_config.half_precision else "float32",
+            },
+            "pretrained": pretrained_provenance(config),
+            "torch_threads": torch.get_num_threads(),
+            "device": "cpu",
+            "seconds": round(time.perf_counter() - started, 1),
+            "created": utc_now(),
+        },
+        cross_validation=cv,
+        robustness=robustness,
+        versions=model_versions(),
+    )
+    return net, card
