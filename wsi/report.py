@@ -21,7 +21,7 @@ from osteomics.core.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from osteomics.wsi.report_html import heatmap_png, report_html
+from osteomics.wsi.report_html import heatmap_png, write_report
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,5 +110,5 @@ def write_necrosis_outputs(run: NecrosisRun, out_dir: Path) -> None:
     write_text_atomic(
         out_dir / "necrosis_cases.csv", table_csv([asdict(c) for c in run.cases], CASE_COLUMNS)
     )
-    write_text_atomic(out_dir / "report.html", report_html(run, heatmaps))
+    write_report(run, out_dir, heatmaps)
     write_json_atomic(out_dir / "run.json", run.to_dict())

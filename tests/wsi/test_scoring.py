@@ -138,7 +138,7 @@ def test_heatmap_and_report(case_run: NecrosisRun) -> None:
             assert heatmap.height == thumb.shape[0] + 22  # thumbnail + legend strip
     report = (out / "report.html").read_text()
     assert report.count("<section>") == 1 and "Case C1" in report
-    assert report.count("data:image/png;base64,") == 2
+    assert report.count("<figure class='pane classmap'>") == 2  # one class map per slide
     assert "http://" not in report and "https://" not in report  # readable offline
 
 
