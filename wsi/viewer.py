@@ -4,8 +4,8 @@ Per slide the run folder gets, under ``viewer/``:
 
 - ``<stem>_files/<level>/<col>_<row>.jpeg``: a DeepZoom-style JPEG tile pyramid (256 px tiles, no
   overlap; level ``L`` is the image halved ``max_level - L`` times) of the slide read at a bounded
-  resolution: at most :data:`MAX_SIDE_PX` on the long side, and no finer than
-  :data:`TARGET_MPP` µm/px;
+  resolution: at most :data:`MAX_SIDE_PX` on the long side, and otherwise a whole number of
+  level-0 pixels per pixel, the one nearest :data:`TARGET_MPP` µm/px without exceeding it;
 - ``<stem>_overlay_<class>.png``: one RGBA image per tissue class, one block of
   ``overlay_block_px`` pixels per grid tile, opaque in the class colour where the tile's most
   probable class is that class, transparent elsewhere;
@@ -139,12 +139,14 @@ def class_overlays(tiles: SlideTiles, grid: GridShape, block_px: int) -> dict[st
 
 
 def viewer_max_side_px(width0: int, height0: int, mpp: float | None) -> int:
-    """Long side of the pyramid's finest level: ≤ :data:`MAX_SIDE_PX`, and no finer than
-    :data:`TARGET_MPP` µm/px when the slide's µm/px is known."""
+    """Long side of the pyramid's finest level: at most :data:`MAX_SIDE_PX`, and the whole
+    level-0 pixels per pixel nearest :data:`TARGET_MPP` µm/px (not coarser) when the slide's
+    µm/px is known and that is smaller."""
     long0 = max(width0, height0)
     side = min(MAX_SIDE_PX, long0)
     if mpp:
-        side = min(side, max(TILE_PX, math.ceil(long0 * mpp / TARGET_MPP)))
+        factor = max(1, math.floor(TARGET_MPP / mpp + 1e-9))
+        side = min(side, math.ceil(long0 / factor))
     return max(1, side)
 
 

@@ -30,6 +30,7 @@ from osteomics.wsi.scoring import NecrosisParameters, score_slides
 from osteomics.wsi.viewer import (
     MAX_SIDE_PX,
     TILE_PX,
+    ViewerPage,
     ViewerUnavailable,
     page_stem,
     viewer_max_side_px,
@@ -335,4 +336,25 @@ def test_viewer_resolution_is_bounded_by_8192_px_and_2_um_per_px() -> None:
     assert viewer_max_side_px(100_000, 80_000, 0.25) == MAX_SIDE_PX
     assert viewer_max_side_px(20_000, 10_000, 0.5) == 5000  # 2 µm/px is coarser than 8192
     assert viewer_max_side_px(3072, 2048, 2.0) == 3072
+    assert viewer_max_side_px(2220, 2967, 0.499) == 742  # 4 px of 0.499 µm: 1.996 µm/px
     assert viewer_max_side_px(3072, 2048, None) == 3072
+
+
+def test_viewer_page_of_a_hostile_slide_name_is_escaped_and_safely_named(
+    cmu_svs: Path, tmp_path: Path
+) -> None:
+    run = hand_made_run(tmp_path, HOSTILE, a_case("C4"), cmu_svs)
+    run.slides[0].mpp = 0.499
+    viewers = write_report(run, tmp_path)
+    page = viewers[HOSTILE]
+    assert isinstance(page, ViewerPage)
+    assert re.fullmatch(r"viewer/[A-Za-z0-9._-]+\.html", page.page)
+    text = (tmp_path / page.page).read_text()
+    assert "<script>alert" not in text and text.count("</script>") == 3  # the page's own three
+    conf = json.loads(re.search(r"const CONF = (\{.*?\});", text).group(1))  # type: ignore[union-attr]
+    assert (tmp_path / "viewer" / conf["tiles"]).is_dir()
+    # CMU-1-Small-Region is 2220 x 2967 px at 0.499 µm/px: read at about 2 µm/px.
+    assert (page.width_px, page.height_px) == (2220 // 4, 2967 // 4)
+    assert page.um_per_px == pytest.approx(4 * 0.499)
+    report = (tmp_path / "report.html").read_text()
+    assert f"href='{page.page}'" in report
