@@ -288,13 +288,8 @@ def report_html(
         f"<p>Run {esc(run.started)}. Necrosis rate = necrotic / (necrotic + viable tumour) "
         "area; non-tumour tissue is excluded. Huvos I &lt; 50 %, II 50-89 %, III 90-99 %, "
         "IV no viable tumour (here: no tile classified viable); good responder &ge; 90 %. "
-        f"The interval is a {100 * confidence:.0f} % interval that includes the classifier's "
-        "own error: a spatial block bootstrap over the case's tiles (neighbouring tiles are "
-        "resampled together) combined with the model's cross-validated misclassification "
-        "rates (each case names its method). It assumes those error rates hold on this "
-        "case; it cannot cover a model that fails on a new patient (see the limits below). "
-        "When the interval crosses a Huvos or responder cut-off the grade or the responder "
-        "status is reported as uncertain.</p>",
+        f"{_interval_text(run, confidence)} When the interval crosses a Huvos or responder "
+        "cut-off the grade or the responder status is reported as uncertain.</p>",
     ]
     slides_by_case: dict[str, list[SlideNecrosis]] = {}
     for s in run.slides:
@@ -317,6 +312,25 @@ def report_html(
     parts.append("<p><small>Research use. Check the maps before reporting.</small></p>")
     parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
+
+
+def _interval_text(run: NecrosisRun, confidence: float) -> str:
+    """What the run's interval covers: with the model's cross-validated confusion, the
+    classifier's own error too; without, tile sampling only."""
+    if getattr(run, "confusion", None) is not None:
+        return (
+            f"The interval is a {100 * confidence:.0f} % interval that includes the "
+            "classifier's own error: a spatial block bootstrap over the case's tiles "
+            "(neighbouring tiles are resampled together) combined with the model's "
+            "cross-validated misclassification rates (each case names its method). It assumes "
+            "those error rates hold on this case; it cannot cover a model that fails on a new "
+            "patient (see the limits below)."
+        )
+    return (
+        f"The interval is a {100 * confidence:.0f} % spatial block bootstrap over the case's "
+        "tiles: it covers which tiles were sampled, <b>not the classifier's own error</b> (the "
+        "model card has no cross-validated confusion matrix; read the model's figures below)."
+    )
 
 
 def _case_result(case: CaseNecrosis) -> str:
