@@ -15,14 +15,16 @@ import typer
 from osteomics.cli.tile import progress_bar
 from osteomics.core.errors import InvalidOptionError
 from osteomics.radiology.config import NodeConfig, load_node_config
+from osteomics.wsi.results import CaseNecrosis
 from osteomics.wsi.scoring import NecrosisParameters, NecrosisRun, score_slides
 
 
 def necrosis(
     paths: list[Path] = typer.Argument(
-        ...,
+        None,
         help="Slide files, DICOM WSI folders, folders searched recursively, or "
         "store:<StudyUID> (a study of the node's store; needs --config).",
+        show_default=False,
     ),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     model: str = typer.Option("default", "--model", help="Registry name or model folder."),
@@ -46,6 +48,12 @@ def necrosis(
     send: str | None = typer.Option(
         None, "--send", help="After the run: store its SR and SEG on this remote of node.toml."
     ),
+    from_run: Path | None = typer.Option(
+        None,
+        "--from-run",
+        help="Re-aggregate this run folder (its run.json and per-tile tables) with --cases, "
+        "without the model or the slides; give no PATH.",
+    ),
 ) -> None:
     """Score viable / necrotic tumour / non-tumour on every tissue tile, per slide and per case.
 
@@ -56,6 +64,14 @@ def necrosis(
     """
     from osteomics.cli.study_necrosis import check_store_paths, is_store_path
 
+    paths = list(paths or [])
+    if from_run is not None:
+        _from_run(from_run, paths, out, cases, as_json)
+        return
+    if not paths:
+        raise InvalidOptionError(
+            "give the slides to score (PATH...), or --from-run RUN_DIR to re-aggregate a run"
+        )
     check_store_paths(paths, config, cases)
     if send is not None and config is None:
         raise InvalidOptionError(f"--send {send}: give --config node.toml, which defines it")
@@ -101,6 +117,51 @@ def send_run(node: NodeConfig, remote: str, run_dir: Path) -> None:
         raise typer.Exit(1)
 
 
+def _from_run(
+    run_dir: Path, paths: list[Path], out: Path, cases: Path | None, as_json: bool
+) -> None:
+    """``--from-run``: re-aggregate without the model; exit code 1 when a case has a failed
+    or unlisted slide, as for a scoring run."""
+    from osteomics.wsi.rerun import rerun_from
+
+    if paths:
+        raise InvalidOptionError(
+            f"--from-run {run_dir}: re-aggregates the run's own slides; give no PATH "
+            f"(got {', '.join(map(str, paths))})"
+        )
+    run = rerun_from(run_dir, out, cases)
+    typer.echo(f"re-aggregated from {run_dir} (no model, no slides read)", err=True)
+    report(run, as_json)
+    if not run.ok:
+        raise typer.Exit(1)
+
+
+def case_line(c: CaseNecrosis) -> str:
+    """One line per case: rate, interval, grade and responder (``uncertain`` with the grades
+    the interval spans), or why there is none (error, not assessable)."""
+    if c.status != "ok" or c.necrosis_rate is None:
+        return f"case {c.case}: {c.reason}"
+    interval = (
+        f" (95 % interval {c.ci_low:.1f}-{c.ci_high:.1f})"
+        if c.ci_low is not None and c.ci_high is not None
+        else ""
+    )
+    grade = (
+        f"Huvos uncertain ({c.huvos_range})"
+        if c.huvos_grade == "uncertain"
+        else f"Huvos {c.huvos_grade}"
+    )
+    responder = (
+        "responder uncertain (the interval crosses 90 %)"
+        if c.responder == "uncertain"
+        else f"{c.responder} responder"
+    )
+    return (
+        f"case {c.case}: necrosis {c.necrosis_rate:.1f} %{interval}, {grade}, {responder}, "
+        f"{c.n_slides} slide(s)"
+    )
+
+
 def report(run: NecrosisRun, as_json: bool) -> None:
     """Case lines (or JSON) on stdout; failed slides on stderr."""
     if as_json:
@@ -109,15 +170,7 @@ def report(run: NecrosisRun, as_json: bool) -> None:
         if s.status == "error":
             typer.secho(f"{s.slide}: {s.reason}", fg=typer.colors.RED, err=True)
     for c in run.cases:
-        if c.status == "ok" and c.necrosis_rate is not None:
-            line = (
-                f"case {c.case}: necrosis {c.necrosis_rate:.1f} % "
-                f"(95 % interval {c.ci_low:.1f}-{c.ci_high:.1f}), Huvos {c.huvos_grade}, "
-                f"{c.responder} responder, {c.n_slides} slide(s)"
-            )
-        else:
-            line = f"case {c.case}: {c.reason}"
-        typer.echo(line, err=as_json)
+        typer.echo(case_line(c), err=as_json)
     report_html = Path(run.out_dir) / "report.html"
     if report_html.exists():
         typer.echo(f"report: {report_html}", err=as_json)

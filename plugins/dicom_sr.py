@@ -66,9 +66,14 @@ NON_TUMOUR_AREA = osteo_code("non-tumour-area", "Non-tumour tissue area")
 HUVOS_GRADE = osteo_code("huvos-grade", "Huvos grade")
 RESPONSE = osteo_code("chemotherapy-response", "Histological response to chemotherapy")
 HUVOS_VALUES = {g: osteo_code(f"huvos-{g}", f"Huvos grade {g}") for g in ("I", "II", "III", "IV")}
+# The rate's interval crosses a Huvos cut-off (50 %, 90 %): no single grade is called.
+HUVOS_VALUES["uncertain"] = osteo_code(
+    "huvos-uncertain", "Huvos grade uncertain: the interval crosses a cut-off"
+)
 RESPONSE_VALUES = {
     "good": osteo_code("good-responder", "Good responder"),
     "poor": osteo_code("poor-responder", "Poor responder"),
+    "uncertain": osteo_code("response-uncertain", "Response uncertain: the interval crosses 90 %"),
 }
 CASE_TRACKING = "osteomics necrosis case"
 
@@ -88,8 +93,8 @@ def derived_uid(*parts: object) -> str:
 class NecrosisCaseResult:
     """The numbers of one case (``necrosis_cases.csv`` / ``run.json`` ``cases``).
 
-    Rates are percent, areas mm²; ``huvos_grade`` is ``I``..``IV``, ``responder``
-    ``good``/``poor``.
+    Rates are percent, areas mm²; ``huvos_grade`` is ``I``..``IV`` or ``uncertain`` (the
+    interval crosses a cut-off), ``responder`` ``good``/``poor``/``uncertain``.
     """
 
     case: str
@@ -285,6 +290,14 @@ def necrosis_report(
 # -- reading a report back -----------------------------------------------------------------
 
 
+def _value_name(values: dict[str, hd.sr.CodedConcept], code: str) -> str:
+    """The result value (``II``, ``good``, ``uncertain``) of one of our codes."""
+    for name, concept in values.items():
+        if concept.value == code:
+            return name
+    return code
+
+
 def read_necrosis_report(sr: Dataset) -> dict[str, Any]:
     """The numbers of a necrosis report (as :func:`necrosis_report` wrote them), by concept:
     ``necrosis_rate``, ``ci_low``, ``ci_high``, ``viable_mm2``, ``necrotic_mm2``,
@@ -313,9 +326,9 @@ def read_necrosis_report(sr: Dataset) -> dict[str, Any]:
     for q in group.get_qualitative_evaluations():
         value: Any = q.value  # a CodedConcept for a CODE item
         if q.name.value == HUVOS_GRADE.value:
-            out["huvos_grade"] = str(value.value).removeprefix("huvos-")
+            out["huvos_grade"] = _value_name(HUVOS_VALUES, str(value.value))
         elif q.name.value == RESPONSE.value:
-            out["responder"] = str(value.value).removesuffix("-responder")
+            out["responder"] = _value_name(RESPONSE_VALUES, str(value.value))
     wanted = {
         codes.DCM.AlgorithmName.value: "model",
         codes.DCM.AlgorithmVersion.value: "weights_sha256",

@@ -4,7 +4,8 @@ Two sources of uncertainty are drawn together in every resample:
 
 1. **Sampling, with spatial dependence** (a spatial block bootstrap): the tiles of each slide
    are grouped into square blocks of ``block_tiles`` x ``block_tiles`` neighbouring tiles (by
-   level-0 position); each slide's blocks are resampled with replacement, as many as it has.
+   level-0 position; smaller blocks on a slide that would have fewer than
+   :data:`MIN_BLOCKS`); each slide's blocks are resampled with replacement, as many as it has.
    Neighbouring tiles are not independent (necrosis comes in regions, and a misclassified
    region misclassifies many tiles at once), so a bootstrap over independent tiles is too
    narrow; resampling whole blocks keeps the short-range dependence inside each draw.
@@ -42,6 +43,8 @@ from osteomics.wsi.necrosis import NECROTIC, TISSUE_CLASSES, VIABLE
 
 #: Default block side, in tiles (3 x 3 tiles: about 3 mm for 1 mm tiles).
 BLOCK_TILES = 3
+#: Fewest blocks per slide: a smaller slide gets smaller blocks (see :func:`block_ids`).
+MIN_BLOCKS = 10
 #: Pseudo-count added to every confusion cell before the Dirichlet draw (Jeffreys prior).
 DIRICHLET_PRIOR = 0.5
 
@@ -86,9 +89,14 @@ def block_ids(
     side_px: np.ndarray | float,
     slide_index: np.ndarray | None,
     block_tiles: int = BLOCK_TILES,
+    min_blocks: int = MIN_BLOCKS,
 ) -> np.ndarray:
     """Block number of every tile: tiles of one slide whose positions fall in the same square
-    of ``block_tiles`` tile sides share a block; blocks never span two slides.
+    of ``b`` tile sides share a block; blocks never span two slides.
+
+    ``b`` is ``block_tiles``, made smaller on a slide that would otherwise have fewer than
+    ``min_blocks`` blocks (down to 1 tile: a plain tile bootstrap on a very small slide), so
+    that a small slide is not resampled from a handful of blocks.
 
     Parameters
     ----------
@@ -98,6 +106,10 @@ def block_ids(
         Tile side in level-0 pixels, one value or (n_tiles,).
     slide_index:
         (n_tiles,) integer slide of each tile; None for one slide.
+    block_tiles:
+        Largest block side, in tiles.
+    min_blocks:
+        Fewest blocks per slide before the block side is reduced.
 
     Returns
     -------
@@ -112,10 +124,17 @@ def block_ids(
     if block_tiles < 1:
         raise ValueError("block_tiles must be at least 1")
     slides = np.zeros(n, np.int64) if slide_index is None else np.asarray(slide_index, np.int64)
-    span = side * block_tiles
-    bx = np.floor(pos[:, 0] / span).astype(np.int64)
-    by = np.floor(pos[:, 1] / span).astype(np.int64)
-    keys = np.stack([slides, bx, by], axis=1)
+    keys = np.zeros((n, 3), np.int64)
+    keys[:, 0] = slides
+    for s in np.unique(slides):
+        members = slides == s
+        for b in range(block_tiles, 0, -1):
+            span = side[members] * b
+            bx = np.floor(pos[members, 0] / span).astype(np.int64)
+            by = np.floor(pos[members, 1] / span).astype(np.int64)
+            if b == 1 or len(np.unique(np.stack([bx, by], axis=1), axis=0)) >= min_blocks:
+                keys[members, 1], keys[members, 2] = bx, by
+                break
     _, ids = np.unique(keys, axis=0, return_inverse=True)
     return ids.reshape(-1).astype(np.int64)
 
@@ -161,6 +180,7 @@ def necrosis_rate_interval(
     block_tiles: int = BLOCK_TILES,
     n_resamples: int = 1000,
     confidence: float = 0.95,
+    min_blocks: int = MIN_BLOCKS,
 ) -> RateInterval | None:
     """Interval of a case's necrosis rate: spatial block bootstrap x classifier error.
 
@@ -183,9 +203,11 @@ def necrosis_rate_interval(
     slide_index:
         (n_tiles,) slide of each tile (blocks are resampled within each slide); None: one slide.
     block_tiles:
-        Block side in tiles.
+        Block side in tiles (the largest; see ``min_blocks``).
     n_resamples, confidence:
         Resamples and two-sided confidence level.
+    min_blocks:
+        A slide with fewer blocks of ``block_tiles`` gets smaller blocks (:func:`block_ids`).
 
     Returns
     -------
@@ -211,7 +233,7 @@ def necrosis_rate_interval(
     if pos.shape[0] != areas.shape[0]:
         raise ValueError("positions_px and class_area_mm2 have different numbers of tiles")
     slides = np.zeros(len(areas), np.int64) if slide_index is None else np.asarray(slide_index)
-    blocks = block_ids(pos, side_px, slides, block_tiles)
+    blocks = block_ids(pos, side_px, slides, block_tiles, min_blocks)
     n_blocks = int(blocks.max()) + 1
     block_area = np.zeros((n_blocks, areas.shape[1]))
     np.add.at(block_area, blocks, areas)

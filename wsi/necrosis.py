@@ -187,3 +187,66 @@ def bootstrap_rate_interval(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.nanquantile(rates, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+UNCERTAIN = "uncertain"
+_GRADES = ("I", "II", "III", "IV")
+
+
+@dataclass(frozen=True)
+class GradeCall:
+    """Huvos grade and responder status read with the interval.
+
+    Attributes
+    ----------
+    huvos_grade:
+        One grade, or ``uncertain`` when the interval crosses 50 % or 90 %.
+    huvos_range:
+        The grades spanned, ``II-III``; the one grade when certain.
+    responder:
+        ``good``, ``poor``, or ``uncertain`` when the interval crosses 90 %.
+    """
+
+    huvos_grade: str | None
+    huvos_range: str | None
+    responder: str | None
+
+
+def grade_call(
+    rate_percent: float | None,
+    low_percent: float | None,
+    high_percent: float | None,
+    viable_tiles: int | None = None,
+) -> GradeCall:
+    """Huvos grade and responder of a rate, ``uncertain`` where its interval crosses a cut-off.
+
+    The span read is from ``min(low, rate)`` to ``max(high, rate)``: an interval that corrects
+    for the classifier's error need not contain the uncorrected point estimate, and a grade is
+    only called when both agree. Grade IV needs no tile called viable (:func:`huvos_grade`);
+    it is not a cut-off of the interval (the detection limit is a tile, not a percentage).
+
+    Parameters
+    ----------
+    rate_percent:
+        Point estimate, percent; None without tumour.
+    low_percent, high_percent:
+        Interval bounds, percent; None: no interval (the point estimate alone decides).
+    viable_tiles:
+        Tiles whose most probable class is viable tumour.
+    """
+    point = huvos_grade(rate_percent, viable_tiles)
+    if rate_percent is None or point is None:
+        return GradeCall(None, None, None)
+    if low_percent is None or high_percent is None:
+        return GradeCall(point, point, responder(rate_percent))
+    low = min(low_percent, rate_percent)
+    high = max(high_percent, rate_percent)
+    low_grade = huvos_grade(max(0.0, min(100.0, low)), 1)
+    high_grade = point if point == "IV" else huvos_grade(max(0.0, min(100.0, high)), 1)
+    assert low_grade is not None and high_grade is not None
+    if point == "IV" and low_grade == "III":
+        low_grade = "IV"  # IV is decided by tiles called viable, III-IV is not a cut-off
+    grade = point if low_grade == high_grade else UNCERTAIN
+    span = low_grade if low_grade == high_grade else f"{low_grade}-{high_grade}"
+    crosses_response = low < GOOD_RESPONSE_PERCENT <= high
+    return GradeCall(grade, span, UNCERTAIN if crosses_response else responder(rate_percent))

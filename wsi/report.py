@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 
 SLIDE_COLUMNS = [
     "slide", "case", "path", "status", "reason", "n_tiles", "tile_um", "mpp", "backend",
-    "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "necrosis_rate", "viable_tiles",
+    "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "necrosis_rate", "viable_tiles", "stain",
+    "detected_tissue_mm2", "scored_tissue_mm2", "recognised_tissue_mm2",
 ]  # fmt: skip
 CASE_COLUMNS = [
     "case", "status", "reason", "n_slides", "necrosis_rate", "ci_low", "ci_high", "huvos_grade",
-    "responder", "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "viable_tiles", "slides",
+    "responder", "huvos_range", "viable_mm2", "necrotic_mm2", "non_tumour_mm2", "viable_tiles",
+    "detected_tissue_mm2", "scored_tissue_mm2", "slides",
 ]  # fmt: skip
 
 
@@ -78,6 +80,12 @@ def tiles_table(slide: str, tiles: SlideTiles) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def _save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.asarray(image)).save(path, format="PNG")
+
+
 def write_necrosis_outputs(run: NecrosisRun, out_dir: Path) -> None:
     """Write every output of a necrosis run into ``out_dir`` (atomically, file by file)."""
     from osteomics.core.plugins import discover_plugins
@@ -88,6 +96,11 @@ def write_necrosis_outputs(run: NecrosisRun, out_dir: Path) -> None:
     exporters, _ = discover_plugins("exporter")
     for row in run.slides:
         tiles = run.tiles.get(row.slide)
+        if tiles is not None and row.status in ("ok", "not_assessable"):
+            write_atomic(
+                slides_dir / f"{row.slide}.thumbnail.png",
+                functools.partial(_save_png, tiles.thumbnail),
+            )
         if row.status != "ok" or tiles is None:
             continue
         heatmaps[row.slide] = heatmap_png(tiles)

@@ -55,7 +55,7 @@ class NecrosisParameters:
     confidence: float = 0.95
     seed: int = 0
     block_tiles: int = 3
-    min_tumour_mm2: float = 5.0
+    min_tumour_mm2: float = 3.0
     min_recognised: float = 0.5
 
     def __post_init__(self) -> None:
