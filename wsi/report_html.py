@@ -215,8 +215,7 @@ def model_section(summary: Mapping[str, Any], tile_um: float | None) -> str:
     limits = [
         f"Detection limit: one tile ({detection} square). Grade IV means no tile classified "
         "viable; a viable focus smaller than a tile can be missed.",
-        "Validated on tiles of three patients of one public collection (one stain, one "
-        "scanner); a new site's stain, scanner or tissue mix may lower accuracy.",
+        _training_limit(card),
         "Made for H&amp;E-stained osteosarcoma resections after chemotherapy only: slides that "
         "fail the stain check, or hold too little tumour to grade, are reported "
         '"not assessable" instead of graded.',
@@ -233,6 +232,26 @@ def model_section(summary: Mapping[str, Any], tile_um: float | None) -> str:
             *(f"<li>{item}</li>" for item in limits),
             "</ul></section>",
         ]
+    )
+
+
+def _training_limit(card: Mapping[str, Any]) -> str:
+    """Which data the figures come from (patients and folder of the card's training data)."""
+    training = card.get("training") or {}
+    by_case = training.get("counts_by_case") or {} if isinstance(training, dict) else {}
+    patients = sorted(
+        {str(p) for counts in by_case.values() if isinstance(counts, dict) for p in counts}
+    )
+    where = (
+        f"{training.get('n_images', '?')} tiles of {len(patients)} patient(s) "
+        f"({html.escape(', '.join(patients))}) from {html.escape(str(training.get('folder')))}"
+        if patients
+        else "the data its model card names"
+    )
+    return (
+        f"Trained and validated on {where} only (one stain, one scanner): a new site's stain, "
+        "scanner or tissue mix may lower accuracy; check a new cohort with "
+        "<code>osteomics evaluate</code>."
     )
 
 

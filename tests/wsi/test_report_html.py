@@ -219,6 +219,8 @@ def test_report_states_the_models_validated_figures_and_limits(real_run: Necrosi
     for patient, fig in cv["leave_one_patient_out"].items():
         assert f"{patient} ({fig['n']} tiles): 3-class accuracy {fig['accuracy']:.2f}" in text
     assert "Confound:" in text and "Detection limit: one tile" in text
+    patients = sorted({p for counts in card["training"]["counts_by_case"].values() for p in counts})
+    assert f"{card['training']['n_images']} tiles of {len(patients)} patient(s)" in text
 
 
 # ---------------------------------------------------------------- hand-made rows (quick)
