@@ -368,3 +368,22 @@ def test_interval_wording_says_whether_the_classifiers_error_is_included(tmp_pat
     run.confusion = [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]
     text = report_html(run)
     assert "includes the classifier's own error" in text and "not the classifier" not in text
+
+
+def test_a_not_assessable_slide_without_tiles_still_shows_its_thumbnail_and_viewer(
+    cmu_svs: Path, tmp_path: Path
+) -> None:
+    case = a_case("C6", status="not_assessable", reason="too little tumour", huvos_grade=None)
+    run = hand_made_run(tmp_path, "cmu", case, cmu_svs)
+    run.slides[0].status, run.slides[0].reason = "not_assessable", "too little tumour"
+    thumbnail = small_tiles().thumbnail
+    run.tiles["cmu"] = SlideTiles(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), 1024.0, np.zeros(0), np.zeros((0, 3)),
+        TISSUE_CLASSES, np.zeros((0, 3)), thumbnail, 32.0,
+    )  # fmt: skip
+    viewers = write_report(run, tmp_path)
+    assert isinstance(viewers["cmu"], ViewerPage)
+    elements = Elements((tmp_path / "report.html").read_text())
+    (class_map,) = elements.find("img", id="map-0")
+    assert not np.asarray(decode_image(class_map["src"]).convert("RGBA"))[..., 3].any()
+    assert "not assessable: too little tumour" in (tmp_path / "report.html").read_text()
