@@ -315,14 +315,14 @@ def viewer_html(
             "display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:14px}",
             "#osd{position:absolute;top:44px;bottom:0;left:0;right:0;background:#fff}",
             ".sw{display:inline-block;width:12px;height:12px;margin:0 4px;",
-            "border:1px solid #555;vertical-align:middle}",
+            "border:1px solid #555;vertical-align:middle}.error{color:#b00}",
             "</style></head><body>",
             f"<div id='bar'><b>{esc(page.slide)}</b>",
             "<label>class overlay opacity <input type='range' id='opacity' min='0' "
             "max='100' value='45'></label>",
             *legend,
             f"<small>{esc(scale)}; one tile = one block of the overlay</small>",
-            "<a href='../report.html'>report</a></div>",
+            "<a href='../report.html'>report</a><span id='status' class='error'></span></div>",
             "<div id='osd'></div>",
             "<script src='osd/openseadragon.js'></script>",
             "<script src='osd/openseadragon-scalebar.js'></script>",
@@ -334,6 +334,12 @@ def viewer_html(
 
 
 VIEWER_JS = """
+(function () {
+const say = (text) => { document.getElementById('status').textContent = text; };
+if (typeof OpenSeadragon === 'undefined') {
+  say('osd/openseadragon.js is missing next to this page: copy the whole viewer folder.');
+  return;
+}
 const opacity = () => document.getElementById('opacity').value / 100;
 const viewer = OpenSeadragon({
   id: 'osd', prefixUrl: 'osd/images/', drawer: 'canvas', showNavigator: true,
@@ -345,6 +351,14 @@ const viewer = OpenSeadragon({
   }
 });
 const items = [];
+function refresh() {
+  document.querySelectorAll('input.cls').forEach((box) => {
+    const item = items[Number(box.dataset.k)];
+    if (item) item.setOpacity(box.checked ? opacity() : 0);
+  });
+}
+viewer.addHandler('open-failed', (e) => say('cannot open the slide tiles: ' + e.message));
+viewer.addHandler('add-item-failed', (e) => say('cannot load an overlay: ' + e.message));
 viewer.addOnceHandler('open', () => {
   CONF.overlays.forEach((o, k) => {
     viewer.addTiledImage({
@@ -354,12 +368,6 @@ viewer.addOnceHandler('open', () => {
     });
   });
 });
-function refresh() {
-  document.querySelectorAll('input.cls').forEach((box) => {
-    const item = items[Number(box.dataset.k)];
-    if (item) item.setOpacity(box.checked ? opacity() : 0);
-  });
-}
 document.getElementById('opacity').addEventListener('input', refresh);
 document.querySelectorAll('input.cls').forEach((b) => b.addEventListener('change', refresh));
 if (CONF.pixelsPerMeter && viewer.scalebar) {
@@ -370,4 +378,5 @@ if (CONF.pixelsPerMeter && viewer.scalebar) {
     stayInsideImage: false, barThickness: 3
   });
 }
+})();
 """
