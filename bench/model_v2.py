@@ -420,58 +420,83 @@ def evaluate_v1(m: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def ship(cache_path: Path, out: Path, stain: str, results_path: Path) -> None:
+def ship(
+    cache_path: Path,
+    out: Path,
+    stain: str,
+    results_path: Path,
+    soft_mixed: bool = False,
+    name: str = "osteosarcoma-necrosis-v2",
+    half: bool = True,
+) -> None:
     """Fold the logistic regression of one variant (whole tile, fitted on all 836 three-class
-    tiles) into the classifier of the frozen backbone, and write an osteomics model folder.
+    tiles, plus the mixed tiles as soft labels with ``soft_mixed``) into the classifier of the
+    frozen backbone, and write an osteomics model folder (fp16 weights with ``half``).
 
-    Standardisation is folded in: w' = w / sigma, b' = b - w' . mu, so the network's logits are
-    exactly the logistic regression's on the backbone's pooled features. The temperature is
-    fitted on the slide5 out-of-fold logits.
+    The fit is :func:`osteomics.wsi.train.fit_linear_probe` (what ``osteomics train
+    --linear-probe`` runs); standardisation is folded in: w' = w / sigma, b' = b - w' . mu, so
+    the network's logits are the regression's on the backbone's pooled features. The
+    temperature is fitted on the slide5 out-of-fold logits.
     """
-    import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     from osteomics.wsi.calibration import fit_temperature
     from osteomics.wsi.model import ModelCard, Preprocessing, load_model, predict_logits, save_model
     from osteomics.wsi.subtiles import read_rgb
-    from osteomics.wsi.train import TrainConfig, model_versions, pretrained_provenance
+    from osteomics.wsi.train import (
+        TrainConfig,
+        fit_linear_probe,
+        fold_probe_into,
+        model_versions,
+        pretrained_provenance,
+    )
     from osteomics.wsi.weights import load_pretrained, network_from_pretrained
 
     m = manifest()
     cache = dict(np.load(cache_path, allow_pickle=True))
     assert list(cache["files"]) == list(m["file"])
+    info = json.loads(cache_path.with_suffix(".json").read_text())
+    source = info["source"]
     x = _features(cache, "crops")
     is3 = m["label"].isin(CLASSES).to_numpy()
+    mixed = (m["label"] == MIXED).to_numpy()
     y = np.array([CLASSES.index(lab) if lab in CLASSES else -1 for lab in m["label"]])
     groups = m["group"].to_numpy()
+
+    def rows(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        idx = np.flatnonzero(mask & is3)
+        xs, ys, ws, gs = [x[idx]], [y[idx]], [np.ones(len(idx))], [groups[idx]]
+        if soft_mixed:
+            midx = np.flatnonzero(mask & mixed)
+            for cls in (1, 2):
+                xs.append(x[midx])
+                ys.append(np.full(len(midx), cls))
+                ws.append(np.full(len(midx), 0.5))
+                gs.append(groups[midx])
+        return (
+            np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), list(np.concatenate(gs))
+        )  # fmt: skip
+
     # out-of-fold logits for the temperature (same folds and C search as evaluate)
     folds3 = _slide_folds(m)
     idx3 = np.flatnonzero(is3)
+    fold_all = {g: f for g, f in zip(groups[idx3], folds3, strict=True)}
+    fold_of = np.array([fold_all.get(g, -1) for g in groups])
     oof = np.zeros((len(idx3), 3))
     for f in range(5):
-        tr, te = idx3[folds3 != f], idx3[folds3 == f]
-        (p,), _ = _fit_predict(x[tr], y[tr], np.ones(len(tr)), groups[tr], [x[te]])
-        oof[folds3 == f] = np.log(np.clip(p, 1e-9, 1))
+        probe_f = fit_linear_probe(*rows(fold_of != f), 3, seed=0)
+        oof[folds3 == f] = probe_f.logits(x[idx3[folds3 == f]])
     temperature = fit_temperature(oof, y[idx3])
-    (_,), c = _fit_predict(x[idx3], y[idx3], np.ones(len(idx3)), groups[idx3], [x[idx3[:1]]])
-    scaler = StandardScaler().fit(x[idx3])
-    counts = np.bincount(y[idx3], minlength=3)
-    sw = (counts.sum() / counts / 3)[y[idx3]]
-    clf = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x[idx3]), y[idx3], sw)
-    w = clf.coef_ / scaler.scale_[None]
-    b = clf.intercept_ - w @ scaler.mean_
-    weights = load_pretrained("efficientnet-lite0")
+    probe = fit_linear_probe(*rows(np.ones(len(m), bool)), 3, seed=0)
+    weights = load_pretrained(source)
     assert weights.arch is not None
     net = network_from_pretrained(weights, weights.arch, 3).eval()
-    with torch.no_grad():
-        net.get_classifier().weight.copy_(torch.from_numpy(w).float())
-        net.get_classifier().bias.copy_(torch.from_numpy(b).float())
+    fold_probe_into(net, probe)
     results = json.loads(results_path.read_text())
     variant = next(
         r
         for r in results["variants"]
-        if r["features"] == cache_path.stem and r["kind"] == "crops" and not r["soft_mixed"]
+        if r["features"] == cache_path.stem
+        and r["kind"] == "crops"
+        and r["soft_mixed"] == soft_mixed
     )
     cv = dict(variant["slide5"])
     cv["recall"] = dict(zip(CLASSES, cv["recall"], strict=True))
@@ -482,14 +507,20 @@ def ship(cache_path: Path, out: Path, stain: str, results_path: Path) -> None:
             "level": "tile (one 512 px field at 2 µm/px per TCIA tile)",
             "classes": CLASSES,
             "folds_definition": "osteomics.wsi.folds.grouped_folds(labels, case/slide, 5, seed=0)"
-            " on the 836 three-class tiles of osteosarcoma-tcia",
+            " on the 836 three-class tiles of osteosarcoma-tcia"
+            + ("; a mixed tile follows its slide's fold" if soft_mixed else ""),
             "leave_one_patient_out": variant["lopo"],
             "temperature_fitted_on": "slide5 out-of-fold logits",
         }
     )
-    config = TrainConfig(arch=weights.arch, pretrained="efficientnet-lite0")
+    config = TrainConfig(arch=weights.arch, pretrained=source)
+    command = (
+        f"python bench/model_v2.py ship --features {cache_path.name} --stain {stain}"
+        + (" --soft-mixed" if soft_mixed else "")
+        + f" --name {name}"
+    )
     card = ModelCard(
-        name="osteosarcoma-necrosis-v2",
+        name=name,
         classes=list(CLASSES),
         arch=weights.arch,
         input_mpp=TILE_MPP,
@@ -500,36 +531,118 @@ def ship(cache_path: Path, out: Path, stain: str, results_path: Path) -> None:
         temperature=float(temperature),
         training={
             "folder": "osteosarcoma-tcia",
-            "method": "frozen ImageNet tf_efficientnet_lite0 backbone (global-average-pooled "
+            "method": f"frozen ImageNet {weights.arch} backbone (global-average-pooled "
             "features of the whole 512 px tile at 2 µm/px) + multinomial logistic regression "
             "(standardised features, balanced class weights, C by inner slide-grouped CV), folded "
-            "into the network's classifier",
+            "into the network's classifier"
+            + (
+                "; the 31 mixed 'Viable-Non-Viable' tiles count half necrotic, half viable"
+                if soft_mixed
+                else ""
+            ),
             "n_images": int(is3.sum()),
-            "counts": {c: int((m["label"] == c).sum()) for c in CLASSES},
+            "n_soft_labelled_images": int(mixed.sum()) if soft_mixed else 0,
+            "counts": {c: int((m["label"] == c).sum()) for c in CLASSES}
+            | ({MIXED: int(mixed.sum())} if soft_mixed else {}),
             "counts_by_case": {
                 c: m[m["label"] == c].groupby("patient").size().astype(int).to_dict()
-                for c in CLASSES
+                for c in CLASSES + ([MIXED] if soft_mixed else [])
             },
-            "logistic_regression_C": c,
+            "logistic_regression_C": probe.c,
             "pretrained": pretrained_provenance(config),
+            "weights_dtype": "float16" if half else "float32",
             "images": [
                 {"file": f, "sha256": h}
-                for f, h in zip(m["file"][is3], m["sha256"][is3], strict=True)
+                for f, h in zip(
+                    m["file"][is3 | (mixed if soft_mixed else False)],
+                    m["sha256"][is3 | (mixed if soft_mixed else False)],
+                    strict=True,
+                )
             ],
-            "command": f"python bench/model_v2.py ship --features {cache_path.name}",
+            "command": command,
+            "reproduce": "osteomics train ../shared/data/osteosarcoma-tcia --out M --pretrained "
+            f"{source} --linear-probe --tile-mpp 2 --input-mpp 2 --input-px 512 "
+            f"--stain-normalisation {stain} "
+            + (
+                f"--soft-label {MIXED}=Non-Viable-Tumor+Viable"
+                if soft_mixed
+                else f"--ignore-class {MIXED}"
+            )
+            + (" --fp16" if half else ""),
         },
         cross_validation=cv,
         versions=model_versions(),
     )
-    save_model(net, card, out)
+    lopo = variant["lopo"]
+    card.confound = {
+        "problem": "Necrotic tiles come almost only from Case-3 (171 of 173) and viable tiles "
+        "almost only from Case-48 (202 of 205); P9 has non-tumour only. A slide-grouped CV "
+        "cannot separate 'necrotic vs viable' from 'Case-3 vs Case-48', so its "
+        f"{cv['accuracy']:.2f} is an upper bound for a new patient.",
+        "measures": [
+            f"frozen ImageNet backbone ({weights.arch}): the features are not fitted to these "
+            "patients; only a linear layer is",
+            (
+                "the 31 mixed tiles (30 of them Case-48) as half necrotic / half viable: "
+                "necrosis gets a second patient"
+            )
+            if soft_mixed
+            else "mixed tiles not used",
+            f"stain normalisation: {stain}",
+            f"L2 regularisation (C = {probe.c}, chosen by inner slide-grouped CV)",
+        ],
+        "checks": {
+            f"{held}_left_out": f"3-class accuracy {e['accuracy']}, tumour vs non-tumour "
+            f"{e['tumour_vs_non_tumour_accuracy']} on {e['n']} tiles (training counts NT / Nec "
+            f"/ Via {e['training_counts']}); confusion {e['confusion']}"
+            for held, e in lopo.items()
+        },
+    }
+    if "restain_flip_rate" in variant["slide5"]:
+        card.robustness = {
+            "restain_as_other_case": {
+                "n": variant["slide5"]["restain_n"],
+                "flip_rate": variant["slide5"]["restain_flip_rate"],
+                "note": "held-out tiles (every 4th) re-rendered with the median Macenko stains "
+                "of each other patient, predicted by their fold's model"
+                + ("" if stain == "none" else "; partly invariant by construction (the model "
+                   "normalises its input)"),
+            }
+        }  # fmt: skip
+    card.experiments = [
+        {
+            "features": r["features"],
+            "kind": r["kind"],
+            "soft_mixed": r["soft_mixed"],
+            "slide5_accuracy": r["slide5"]["accuracy"],
+            "slide5_macro_f1": r["slide5"]["macro_f1"],
+            "restain_flip_rate": r["slide5"].get("restain_flip_rate"),
+            "P9_left_out_accuracy": r["lopo"]["P9"]["accuracy"],
+            "case3_left_out_accuracy": r["lopo"]["Case-3"]["accuracy"],
+            "tumour_vs_non_tumour_case3_out": r["lopo"]["Case-3"]["tumour_vs_non_tumour_accuracy"],
+            "tumour_vs_non_tumour_case48_out": r["lopo"]["Case-48"][
+                "tumour_vs_non_tumour_accuracy"
+            ],
+        }
+        for r in results["variants"]
+    ]
+    card.training["known_limits"] = [
+        f"Slide-grouped CV ({cv['accuracy']:.2f}) cannot separate class from patient (see "
+        "confound); the leave-one-patient-out checks are lower.",
+        "Labels are per 1 mm tile (predominant tissue); the model sees the whole tile as one "
+        "512 px field at 2 µm/px, so slides are scored in 1 mm tiles.",
+        "Not fine-tuned: frozen ImageNet features + a linear layer. Not checked on the "
+        "kept-aside patient by us (we cannot see it).",
+    ]
+    save_model(net.half() if half else net, card, out)
     # The shipped network gives the logistic regression's probabilities (check on 3 tiles).
     net2, card2 = load_model(out)
     for i in idx3[:3]:
         rgb = read_rgb(DATA / m["file"].iloc[i])
         got = predict_logits(net2, card2, rgb[None])[0]
-        want = clf.decision_function(scaler.transform(x[i : i + 1]))[0]
+        want = probe.logits(x[i : i + 1])[0]
         print("check", m["file"].iloc[i], np.round(got, 3), np.round(want, 3))
-    print(json.dumps({"out": str(out), "temperature": temperature, "C": c}))
+    print(json.dumps({"out": str(out), "temperature": temperature, "C": probe.c}))
 
 
 def main() -> None:
@@ -555,9 +668,20 @@ def main() -> None:
     sh.add_argument("--features", required=True, help="cache file name under bench/out/model_v2")
     sh.add_argument("--stain", choices=["none", "macenko"], required=True)
     sh.add_argument("--out", type=Path, default=ROOT / "wsi/models/osteosarcoma-necrosis-v2")
+    sh.add_argument("--soft-mixed", action="store_true", help="mixed tiles as soft labels")
+    sh.add_argument("--name", default="osteosarcoma-necrosis-v2")
+    sh.add_argument("--fp32", action="store_true", help="store float32 weights (default fp16)")
     args = parser.parse_args()
     if args.command == "ship":
-        ship(OUT / args.features, args.out, args.stain, OUT / "results.json")
+        ship(
+            OUT / args.features,
+            args.out,
+            args.stain,
+            OUT / "results.json",
+            args.soft_mixed,
+            args.name,
+            not args.fp32,
+        )
         return
     if args.command == "features":
         extract(
