@@ -304,6 +304,9 @@ def report_html(
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>osteomics necrosis report</title><style>{STYLE}</style></head><body>",
         "<h1>Histological response to chemotherapy</h1>",
+        "<p><small>This page holds its images; click a class map to open the slide's "
+        "zoomable viewer (the <code>viewer/</code> folder next to this file: keep them "
+        "together when copying the report).</small></p>",
         f"<p>Run {esc(run.started)}. Necrosis rate = necrotic / (necrotic + viable tumour) "
         "area; non-tumour tissue is excluded. Huvos I &lt; 50 %, II 50-89 %, III 90-99 %, "
         "IV no viable tumour (here: no tile classified viable); good responder &ge; 90 %. "
