@@ -262,9 +262,9 @@ text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:
 .rate{font-size:1.6em;font-weight:600}.error{color:#b00}.na{color:#8a4b00;font-weight:600}
 .slide{margin:1em 0;padding-top:.5em;border-top:1px solid #ddd}
 .pair{display:flex;gap:14px;flex-wrap:wrap;align-items:flex-start}
-.pane{position:relative;width:min(480px,45vw);margin:0}
-.pane img{display:block;width:100%;border:0}.pane img.layer{position:absolute;left:0;top:0}
-.pane img.grid{display:none}
+.pane{width:min(480px,45vw);margin:0}.stack{position:relative}
+.stack img{display:block;width:100%;border:0}.stack img.layer{position:absolute;left:0;top:0}
+.stack img.grid{display:none}
 .sb{position:absolute;left:8px;bottom:8px;height:4px;background:#000;border:1px solid #fff}
 .sb span{position:absolute;bottom:7px;left:0;font-size:12px;white-space:nowrap;
 background:rgba(255,255,255,.85);padding:0 3px}
@@ -500,12 +500,13 @@ def _slide_block(
     return "\n".join(
         [
             f"<div class='slide' data-slide='{name}'><h3>Slide {name}</h3><div class='pair'>",
-            f"<figure class='pane plain'><img alt='H&amp;E thumbnail of {name}' "
-            f"src='{thumb_uri}'>{bar}<figcaption>H&amp;E</figcaption></figure>",
-            f"<figure class='pane classmap'>{link_open}<img alt='H&amp;E under the class map' "
+            f"<figure class='pane plain'><div class='stack'><img alt='H&amp;E thumbnail of "
+            f"{name}' src='{thumb_uri}'>{bar}</div><figcaption>H&amp;E</figcaption></figure>",
+            f"<figure class='pane classmap'><div class='stack'>{link_open}"
+            "<img alt='H&amp;E under the class map' "
             f"src='{thumb_uri}'><img class='layer' id='{map_id}' style='opacity:0.45' "
             f"alt='class map of {name}' src='{map_uri}'><img class='layer grid' id='{grid_id}' "
-            f"alt='tile grid' src='{grid_uri}'>{link_close}{bar}"
+            f"alt='tile grid' src='{grid_uri}'>{link_close}{bar}</div>"
             "<figcaption>class map (most probable class per tile)</figcaption></figure>",
             f"<div>{legend_html(s)}<div class='controls'><label>class map opacity "
             f"<input type='range' class='opacity' data-target='{map_id}' min='0' max='100' "
