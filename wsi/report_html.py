@@ -222,6 +222,9 @@ def model_section(summary: Mapping[str, Any], tile_um: float | None) -> str:
         "Areas are split by calibrated probabilities (as in the rate); the class map shows "
         "each tile's most probable class only.",
     ]
+    card_limits = card.get("known_limits")  # a card may state its own (list of sentences)
+    if isinstance(card_limits, list):
+        limits.extend(esc(str(limit)) for limit in card_limits)
     return "\n".join(
         [
             "<section class='model'><h2>The model: validated figures and known limits</h2>",

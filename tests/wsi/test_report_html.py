@@ -24,7 +24,7 @@ from PIL import Image
 
 from osteomics.wsi.mosaic import MosaicComposition
 from osteomics.wsi.necrosis import CLASS_STYLE, TISSUE_CLASSES
-from osteomics.wsi.report_html import report_html, scale_bar, write_report
+from osteomics.wsi.report_html import model_section, report_html, scale_bar, write_report
 from osteomics.wsi.results import CaseNecrosis, NecrosisRun, SlideNecrosis, SlideTiles
 from osteomics.wsi.scoring import NecrosisParameters, score_slides
 from osteomics.wsi.viewer import (
@@ -387,3 +387,20 @@ def test_a_not_assessable_slide_without_tiles_still_shows_its_thumbnail_and_view
     (class_map,) = elements.find("img", id="map-0")
     assert not np.asarray(decode_image(class_map["src"]).convert("RGBA"))[..., 3].any()
     assert "not assessable: too little tumour" in (tmp_path / "report.html").read_text()
+
+
+def test_model_section_reads_the_card_only_when_its_weights_are_the_runs(tmp_path: Path) -> None:
+    card = {
+        "weights_sha256": "a" * 64,
+        "cross_validation": {"accuracy": 0.81, "macro_f1": 0.8, "grouping": "patient"},
+        "known_limits": ["<b>stated</b> by the card"],
+    }
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    same = model_section({"name": str(tmp_path), "weights_sha256": "a" * 64}, 1024.0)
+    assert "tile accuracy <b>0.81</b>" in same and "grouped by patient" in same
+    assert "<li>&lt;b&gt;stated&lt;/b&gt; by the card</li>" in same
+    other = model_section(
+        {"name": str(tmp_path), "weights_sha256": "b" * 64, "cv_accuracy": 0.7}, None
+    )
+    assert "tile accuracy <b>0.70</b>" in other and "stated" not in other
+    assert "full model card was not found" in other
