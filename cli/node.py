@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from osteomics.radiology.config import NodeConfig, load_node_config
-from osteomics.radiology.jobs import NECROSIS, JobQueue
+from osteomics.radiology.jobs import NECROSIS
 from osteomics.radiology.necrosis_job import (
     RADIOMICS_SEND,
     StudyHandler,
@@ -108,7 +108,7 @@ def serve_command(
             err=True,
         )
 
-    serve(cfg, ready=ready, on_radiomics=_after_radiomics(cfg), handlers=job_handlers(cfg))
+    serve(cfg, ready=ready, on_radiomics=_fusion_scorer(cfg), handlers=job_handlers(cfg))
 
 
 def job_handlers(cfg: NodeConfig) -> dict[str, StudyHandler]:
@@ -135,22 +135,6 @@ def _radiomics_sr(work: StudyWork) -> StudyJobResult:
     report = export_run(work.out_dir / TABLE_NAME, work.out_dir / "dicom")
     files = tuple(Path(o.path) for o in report.objects)
     return StudyJobResult(work.study_uid, work.out_dir, files, f"{len(files)} radiomics SR(s)")
-
-
-def _after_radiomics(cfg: NodeConfig) -> Callable[[StudyRadiomics], None] | None:
-    """What follows a study's radiomics job: the ``[fusion]`` scoring, and with ``[results]
-    send_to`` a ``radiomics_send`` job (durable: retried like any job if the send fails)."""
-    score = _fusion_scorer(cfg)
-    if cfg.results.send_to is None:
-        return score
-
-    def after(result: StudyRadiomics) -> None:
-        with JobQueue(cfg.storage) as queue:
-            queue.enqueue(RADIOMICS_SEND, result.study_uid)
-        if score is not None:
-            score(result)
-
-    return after
 
 
 def _fusion_scorer(cfg: NodeConfig) -> Callable[[StudyRadiomics], None] | None:
@@ -189,9 +173,16 @@ def echo_command(
     config: Path = typer.Option(..., "--config", help=CONFIG_HELP),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds to wait for the remote."),
 ) -> None:
-    """C-ECHO a configured remote; exit code 1 when it does not answer Success."""
+    """C-ECHO a configured remote (a DICOMweb remote: a QIDO-RS study search with limit 1);
+    exit code 1 when it does not answer Success."""
     cfg = _config(config)
-    result = echo(cfg, cfg.remote(remote), timeout_s=timeout)
+    target = cfg.remote(remote)
+    if target.protocol == "dicomweb":
+        web: Any = get_connector(cfg, "dicomweb", timeout_s=timeout)
+        elapsed_ms = web.echo(target)
+        typer.echo(f"{remote}: QIDO-RS answered in {elapsed_ms:.1f} ms")
+        return
+    result = echo(cfg, target, timeout_s=timeout)
     if not result.ok:
         typer.secho(f"{remote}: C-ECHO status 0x{result.status:04X}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
@@ -262,11 +253,16 @@ def pull_command(
     remote: str = typer.Option(..., "--from", help="A remote of node.toml ([remotes.NAME])."),
     patient_id: str | None = typer.Option(None, "--patient-id", help="Pull this patient."),
     study_uid: str | None = typer.Option(None, "--study-uid", help="Pull this study."),
-    connector: str = typer.Option("dimse", "--connector", help="PACS connector plugin."),
+    connector: str | None = typer.Option(
+        None, "--connector", help="PACS connector plugin (default: the remote's protocol)."
+    ),
     timeout: float = typer.Option(60.0, "--timeout", help="Seconds to wait for each answer."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """C-FIND then C-MOVE studies from a remote PACS to this node; needs `node serve` running.
+
+    A DICOMweb remote: QIDO-RS then WADO-RS, handed to the serving node by C-STORE, or
+    written into the store when no node serves.
 
     Exit code 1 when a sub-operation failed or nothing matched.
     """
@@ -276,14 +272,14 @@ def pull_command(
         remote,
         patient_id=patient_id,
         study_uid=study_uid,
-        connector=get_connector(cfg, connector, timeout_s=timeout),
+        connector=get_connector(cfg, connector or cfg.remote(remote).protocol, timeout_s=timeout),
     )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         for s in report.studies:
             typer.echo(
-                f"{s.match.study_uid}  {'/'.join(s.match.modalities) or '-'}: C-MOVE "
+                f"{s.match.study_uid}  {'/'.join(s.match.modalities) or '-'}: {s.transfer} "
                 f"0x{s.move.status:04X}, {s.move.completed} completed, {s.move.failed} failed, "
                 f"{s.move.warning} warning; stored {s.stored_series} series, "
                 f"{s.stored_instances} instances"

@@ -59,7 +59,7 @@ from osteomics.radiology.errors import (
     StoreError,
 )
 from osteomics.radiology.jobs import NECROSIS, STUDY_COMPLETE, JobQueue, QuietStudyScheduler
-from osteomics.radiology.necrosis_job import StudyHandler, StudyJobWorker
+from osteomics.radiology.necrosis_job import RADIOMICS_SEND, StudyHandler, StudyJobWorker
 from osteomics.radiology.pacs_types import StoreOutcome
 from osteomics.radiology.part10 import PREAMBLE, encode_file_meta
 from osteomics.radiology.radiomics_job import RadiomicsWorker, StudyRadiomics
@@ -259,6 +259,8 @@ def start_node(
     scheduler = QuietStudyScheduler(jobs, config.study_quiet_seconds, kinds=kinds).start()
     worker = None
     if config.radiomics.enabled:
+        if config.results.send_to is not None and RADIOMICS_SEND in job_handlers:
+            on_radiomics = _queue_send_after(config, on_radiomics)
         worker = RadiomicsWorker(store, config.radiomics, on_result=on_radiomics).start()
         log.info("radiomics worker started (%s)", ", ".join(config.radiomics.modalities))
     workers = {
@@ -280,6 +282,21 @@ def start_node(
             f", results sent to {config.results.send_to}" if config.results.send_to else "",
         )
     return RunningNode(config, store, server, port, jobs, scheduler, worker, workers)
+
+
+def _queue_send_after(
+    config: NodeConfig, then: Callable[[StudyRadiomics], None] | None
+) -> Callable[[StudyRadiomics], None]:
+    """After a study's radiomics job is done: queue its ``radiomics_send`` job (durable, so the
+    SR is sent, and retried, by the queue's rules), then call ``then`` (the fusion scoring)."""
+
+    def after(result: StudyRadiomics) -> None:
+        with JobQueue(config.storage) as queue:
+            queue.enqueue(RADIOMICS_SEND, result.study_uid)
+        if then is not None:
+            then(result)
+
+    return after
 
 
 def _sender(config: NodeConfig) -> Callable[[Sequence[Path]], StoreOutcome] | None:

@@ -423,3 +423,89 @@ def test_node_scores_a_mixed_study_slides_only_and_says_so(
     # the CT series was not scored: one slide row only
     slides = (out / "necrosis_slides.csv").read_text().strip().splitlines()
     assert len(slides) == 2
+
+
+def sronly_toml(folder: Path, port: int, extra: str = "") -> Path:
+    remote = f'\n[remotes.sronly]\nae_title = "SRONLY"\nhost = "127.0.0.1"\nport = {port}\n'
+    return node_toml(folder, remote + extra)
+
+
+@pytest.mark.slow
+def test_necrosis_store_study_send_to_a_remote_refusing_seg_exits_1_and_keeps_the_files(
+    tmp_path: Path,
+    he_image: np.ndarray,
+    fixtures_dir: Path,
+    sr_only_scp: tuple[int, list[str]],
+) -> None:
+    port, received = sr_only_scp
+    cfg_path = sronly_toml(tmp_path / "n", port)
+    study = generate_uid()
+    wsi = write_wsi(tmp_path / "w", he_image, fixtures_dir, mpp=2.0, study_uid=study)
+    store_files(cfg_path.parent / "store", [wsi])
+    out = tmp_path / "run"
+
+    done = helpers.osteomics_cli(
+        "necrosis", f"store:{study}", "--config", cfg_path, "--out", out, "--send", "sronly",
+        "--workers", "1",
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"case {study}: necrosis" in done.stdout  # the study is the one case
+    assert "(Segmentation Storage): add it to its accepted SOP classes" in done.stderr
+    assert "sent to sronly: 1 of 2 object(s) stored" in done.stderr
+    (sr,) = (out / "dicom").glob("*.sr.dcm")
+    assert received == [pydicom.dcmread(sr).SOPInstanceUID]
+    assert len(list((out / "dicom").glob("*.seg.dcm"))) == 1  # kept on disk
+    assert "OSTEO-TEST-1" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_radiomics_send_stores_the_sr_on_the_remote(
+    tmp_path: Path, sts_dir: Path, sr_only_scp: tuple[int, list[str]]
+) -> None:
+    port, received = sr_only_scp
+    cfg_path = sronly_toml(tmp_path / "n", port)
+    series = sts_dir / "STS_001" / "CT" / "image"
+    mask = sts_dir / "STS_001" / "CT" / "mask" / "RS.dcm"
+    out = tmp_path / "rad" / "features.parquet"
+    out.parent.mkdir()
+    done = helpers.osteomics_cli(
+        "radiomics", series, "--mask", mask, "--config", "ct", "--out", out,
+        "--node-config", cfg_path, "--send", "sronly",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sr,) = (tmp_path / "rad" / "features-dicom").glob("*.sr.dcm")
+    assert received == [pydicom.dcmread(sr).SOPInstanceUID]
+    assert "sent to sronly: 1 of 1 object(s) stored" in done.stderr
+
+
+@pytest.mark.slow
+def test_node_sends_the_radiomics_sr_of_a_completed_study(
+    tmp_path: Path, sts001_ct: list[Path], sr_only_scp: tuple[int, list[str]]
+) -> None:
+    port, received = sr_only_scp
+    extra = (
+        '\n[radiomics]\nenabled = true\nmodalities = ["CT"]\npoll_seconds = 0.2\n'
+        '\n[results]\nsend_to = "sronly"\n'
+    )
+    cfg = load_node_config(sronly_toml(tmp_path / "n", port, extra))
+    study = str(pydicom.dcmread(sts001_ct[0], stop_before_pixels=True).StudyInstanceUID)
+    node = start_node(cfg, handlers=job_handlers(cfg))
+    try:
+        assert set(node.workers) == {"radiomics_send"}
+        storescu(node.port, sts001_ct)
+
+        def sent() -> bool:
+            jobs = node.jobs.jobs(study_uid=study, kind="radiomics_send")
+            return bool(jobs) and jobs[-1].state in ("done", "failed")
+
+        wait_for(sent, 240, "the radiomics_send job")
+        (job,) = node.jobs.jobs(study_uid=study, kind="radiomics_send")
+        assert job.state == "done", job.error
+    finally:
+        node.stop()
+    folder = cfg.storage / "results" / "radiomics" / study
+    (sr,) = (folder / "dicom").glob("*.sr.dcm")
+    assert received == [pydicom.dcmread(sr).SOPInstanceUID]
+    record = record_of(folder)
+    assert record is not None and record["sent"]["stored"] == received
