@@ -190,6 +190,9 @@ class NecrosisRun:
     only."""
     derived_from: dict[str, Any] | None = None
     """For ``--from-run``: the source run folder and the SHA-256 of its run.json."""
+    notes: list[str] = field(default_factory=list)
+    """Statements the report must carry about the whole run (the demo's: its tiles are
+    training tiles of the model, and the per-tile agreement with the known composition)."""
 
     @property
     def ok(self) -> bool:
@@ -225,6 +228,7 @@ class NecrosisRun:
                 "confidence": self.parameters.confidence,
             },
             derived_from=self.derived_from,
+            notes=list(self.notes),
         )
 
 
