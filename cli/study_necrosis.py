@@ -152,13 +152,11 @@ def score_study(
         See :func:`check_slides` (nothing is written).
     """
     from osteomics.core.files import ensure_writable, write_atomic
-    from osteomics.wsi.model import load_model, resolve_model
+    from osteomics.wsi.model import CARD_FILE, ModelCard, resolve_model
     from osteomics.wsi.scoring import score_slides
 
     folders = [s.folder for s in parts.wsi_series]
-    model_dir = resolve_model(params.model)
-    _model, card = load_model(model_dir)
-    del _model
+    card = ModelCard.load(resolve_model(params.model) / CARD_FILE)  # the card only: no torch yet
     check_slides(folders, params, float(card.input_mpp), card.name)
     ensure_writable(out_dir)
     cases = out_dir / CASES_NAME

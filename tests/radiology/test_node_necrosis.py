@@ -188,9 +188,11 @@ def run_necrosis_job(root: Path, cfg_path: Path) -> tuple[Any, dict[str, Any] | 
     return job, result
 
 
-@pytest.mark.slow  # the model is loaded, the command started
+@pytest.mark.parametrize(
+    "slow_cli", [False, pytest.param(True, marks=pytest.mark.slow, id="and-the-cli")]
+)
 def test_slide_with_only_a_16_um_level_is_refused_naming_the_levels_and_the_model(
-    tmp_path: Path, he_image: np.ndarray, fixtures_dir: Path
+    tmp_path: Path, he_image: np.ndarray, fixtures_dir: Path, slow_cli: bool
 ) -> None:
     study = generate_uid()
     coarse = he_image[::8, ::8]  # 16 µm/px: 128 x 192 px
@@ -211,11 +213,12 @@ def test_slide_with_only_a_16_um_level_is_refused_naming_the_levels_and_the_mode
     assert not (out / "necrosis_cases.csv").exists()
 
     # the same refusal from the command line: exit code 1 (an OsteomicsError), one clear line
-    done = helpers.osteomics_cli(
-        "necrosis", f"store:{study}", "--config", cfg_path, "--out", tmp_path / "out"
-    )
-    assert done.returncode == 1, done.stderr
-    assert "levels are at 16 µm/px" in done.stderr and "Traceback" not in done.stderr
+    if slow_cli:
+        done = helpers.osteomics_cli(
+            "necrosis", f"store:{study}", "--config", cfg_path, "--out", tmp_path / "out"
+        )
+        assert done.returncode == 1, done.stderr
+        assert "levels are at 16 µm/px" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_slide_without_pixel_spacing_names_the_file_and_mpp_override(
@@ -509,3 +512,38 @@ def test_node_sends_the_radiomics_sr_of_a_completed_study(
     assert received == [pydicom.dcmread(sr).SOPInstanceUID]
     record = record_of(folder)
     assert record is not None and record["sent"]["stored"] == received
+
+
+def test_necrosis_job_survives_a_restart_and_a_dead_worker_at_least_once(
+    tmp_path: Path, he_image: np.ndarray, fixtures_dir: Path
+) -> None:
+    study = generate_uid()
+    root = tmp_path / "store"
+    store_files(root, [write_wsi(tmp_path / "w", he_image, fixtures_dir, mpp=2.0, study_uid=study)])
+    with JobQueue(root) as queue:
+        (queued,) = queue.queue_quiet_studies(0.0, kinds=(NECROSIS,))
+        claimed = queue.claim(NECROSIS, lease_seconds=0.05)  # a worker that then dies
+        assert claimed is not None and claimed.id == queued.id
+    time.sleep(0.1)
+
+    seen: list[tuple[int, float]] = []
+
+    def handler(work: StudyWork) -> StudyJobResult:  # stands in for the scoring
+        with JobQueue(root) as peek:
+            before = peek.get(queued.id)
+            work.heartbeat()
+            after = peek.get(queued.id)
+        assert before is not None and after is not None
+        assert after.lease_until is not None and before.lease_until is not None
+        seen.append((after.attempts, after.lease_until - before.lease_until))
+        work.out_dir.mkdir(parents=True, exist_ok=True)
+        return StudyJobResult(work.study_uid, work.out_dir, (), "stand-in")
+
+    with JobQueue(root) as queue, DicomStore(root, mode="read") as store:  # "after a restart"
+        done = process_next(queue, store, NECROSIS, handler)
+    assert done is not None
+    job, _ = done
+    assert (job.id, job.state, job.attempts) == (queued.id, "done", 2)
+    assert seen[0][0] == 2 and seen[0][1] >= 0  # the heartbeat extended the lease
+    record = record_of(root / "results" / "necrosis" / study)
+    assert record is not None and record["attempt"] == 2 and record["error"] is None
