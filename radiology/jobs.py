@@ -129,7 +129,8 @@ class Job:
     id:
         Row id (stable, increasing).
     kind:
-        ``study_complete``.
+        ``study_complete``, ``necrosis`` or ``radiomics_send`` (queued by
+        :meth:`JobQueue.enqueue` after a done radiomics job when results are sent).
     study_uid:
         The study it is about.
     state:
