@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +99,29 @@ def test_refuses_what_it_cannot_re_aggregate(source_run: NecrosisRun, tmp_path: 
         rerun_from(broken, tmp_path / "out")
     with pytest.raises(RunFolderError, match="is the source run folder"):
         rerun_from(src, src)
+
+
+def osteomics(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The installed ``osteomics`` command (the one next to this interpreter)."""
+    script = Path(sys.executable).parent / "osteomics"
+    return subprocess.run(
+        [str(script), *map(str, args)], capture_output=True, text=True, timeout=300,
+        check=False, env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )  # fmt: skip
+
+
+def test_cli_from_run_prints_the_cases_and_refuses_paths(
+    source_run: NecrosisRun, tmp_path: Path
+) -> None:
+    src = Path(source_run.out_dir)
+    done = osteomics("necrosis", "--from-run", src, "--out", tmp_path / "cli")
+    assert done.returncode == 0, done.stderr
+    assert "case C1: necrosis" in done.stdout and "re-aggregated from" in done.stderr
+    assert (tmp_path / "cli" / "necrosis_cases.csv").read_bytes() == (
+        src / "necrosis_cases.csv"
+    ).read_bytes()
+    refused = osteomics("necrosis", "x.svs", "--from-run", src, "--out", tmp_path / "no")
+    assert refused.returncode != 0 and "give no PATH" in refused.stderr
+    missing = osteomics("necrosis", "--from-run", tmp_path, "--out", tmp_path / "no")
+    assert missing.returncode != 0 and "not a necrosis run folder" in missing.stderr
+    assert "Traceback" not in refused.stderr + missing.stderr
