@@ -240,14 +240,12 @@ def necrosis_rate_interval(
     block_slide = np.zeros(n_blocks, np.int64)
     block_slide[blocks] = slides
     rng = np.random.default_rng(seed)
-    # Resample each slide's blocks with replacement: counts per block, (n_resamples, n_blocks).
-    weights = np.zeros((n_resamples, n_blocks))
+    # Resample each slide's blocks with replacement and add up their class areas.
+    predicted = np.zeros((n_resamples, areas.shape[1]))  # predicted class areas per resample
     for s in np.unique(block_slide):
         members = np.flatnonzero(block_slide == s)
         picks = rng.integers(0, len(members), size=(n_resamples, len(members)))
-        rows = np.broadcast_to(np.arange(n_resamples)[:, None], picks.shape)
-        np.add.at(weights, (rows, members[picks]), 1.0)
-    predicted = weights @ block_area  # (n_resamples, 3) predicted class areas
+        predicted += block_area[members][picks].sum(axis=1)
     if confusion is not None:
         true_area = _correct_for_classifier_error(predicted, confusion, rng)
         method = METHOD_WITH_CONFUSION
