@@ -131,6 +131,22 @@ def _thumbnail_only(run_dir: Path, row: SlideNecrosis) -> SlideTiles | None:
     )  # fmt: skip
 
 
+def _registry_confusion(model: dict[str, Any]) -> list[list[float]] | None:
+    """The confusion of the run's model from its installed card (read, not loaded), when the
+    card's weights are the run's; None otherwise (the interval is then blocks only)."""
+    from osteomics.wsi.interval import confusion_from_card
+    from osteomics.wsi.model import resolve_model
+
+    try:
+        card = json.loads((resolve_model(str(model.get("name"))) / "model_card.json").read_text())
+    except (OSError, ValueError, WsiError):
+        return None
+    if card.get("weights_sha256") != model.get("weights_sha256"):
+        return None
+    matrix = confusion_from_card(card)
+    return None if matrix is None else matrix.tolist()
+
+
 def _case_for(row: SlideNecrosis, cases: dict[str, str]) -> str | None:
     path = Path(row.path)
     for key in (row.path, path.name, row.slide):
@@ -189,7 +205,10 @@ def rerun_from(run_dir: Path, out_dir: Path, cases_csv: Path | None = None) -> N
                     )
             else:
                 row.case = case
-    interval = record.get("interval") or {}
+    if "interval" in record:
+        confusion = (record.get("interval") or {}).get("confusion_tissue_order")
+    else:  # a run from before the interval recorded its confusion
+        confusion = _registry_confusion(record.get("model") or {})
     run = NecrosisRun(
         out_dir=str(out_dir),
         parameters=params,
@@ -199,7 +218,7 @@ def rerun_from(run_dir: Path, out_dir: Path, cases_csv: Path | None = None) -> N
         started=utc_now(),
         workers=None,
         scheduler=None,
-        confusion=interval.get("confusion_tissue_order"),
+        confusion=confusion,
         derived_from={
             "run_dir": str(run_dir.resolve()),
             "run_json_sha256": sha256_file(run_dir / "run.json"),

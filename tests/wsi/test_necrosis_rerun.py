@@ -125,3 +125,28 @@ def test_cli_from_run_prints_the_cases_and_refuses_paths(
     missing = osteomics("necrosis", "--from-run", tmp_path, "--out", tmp_path / "no")
     assert missing.returncode != 0 and "not a necrosis run folder" in missing.stderr
     assert "Traceback" not in refused.stderr + missing.stderr
+
+
+def test_a_run_from_before_thumbnails_and_interval_records_still_re_aggregates(
+    source_run: NecrosisRun, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(Path(source_run.out_dir), old)
+    record = json.loads((old / "run.json").read_text())
+    del record["interval"]
+    new_fields = ("stain", "detected_tissue_mm2", "scored_tissue_mm2", "recognised_tissue_mm2")
+    for row in record["slides"]:
+        for name in (*new_fields, "thumbnail_downsample"):
+            row.pop(name, None)
+    (old / "run.json").write_text(json.dumps(record))
+    for thumbnail in (old / "slides").glob("*.thumbnail.png"):
+        thumbnail.unlink()
+    run = rerun_from(old, tmp_path / "new")
+    (case,) = run.cases
+    (original,) = source_run.cases
+    # The confusion comes from the installed card with the same weights: the same interval.
+    assert case.interval_method == original.interval_method
+    assert (case.necrosis_rate, case.ci_low, case.ci_high) == (
+        original.necrosis_rate, original.ci_low, original.ci_high,
+    )  # fmt: skip
+    assert (tmp_path / "new" / "slides" / "block-1.heatmap.png").is_file()  # on a blank canvas
