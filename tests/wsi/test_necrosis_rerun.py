@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -150,3 +151,30 @@ def test_a_run_from_before_thumbnails_and_interval_records_still_re_aggregates(
         original.necrosis_rate, original.ci_low, original.ci_high,
     )  # fmt: skip
     assert (tmp_path / "new" / "slides" / "block-1.heatmap.png").is_file()  # on a blank canvas
+
+
+def test_slide_rows_carry_detected_and_scored_tissue_and_the_thumbnail(
+    source_run: NecrosisRun,
+) -> None:
+    from PIL import Image
+
+    out = Path(source_run.out_dir) / "slides"
+    for row in source_run.slides:
+        tiles = source_run.tiles[row.slide]
+        assert row.tile_um is not None and row.mpp is not None
+        scored = float(((row.tile_um / 1000) ** 2 * tiles.tissue_fraction.astype(float)).sum())
+        assert row.scored_tissue_mm2 == pytest.approx(scored, rel=1e-9)
+        assert tiles.tissue_mask is not None
+        mask_mm2 = tiles.tissue_mask.sum() * (tiles.thumbnail_downsample * row.mpp / 1000) ** 2
+        assert row.detected_tissue_mm2 == pytest.approx(float(mask_mm2), rel=1e-9)
+        # 3 x 4 cells of 1 mm², a quarter glass: about 9 mm² of tissue, all of it scored or
+        # lost only at tile edges.
+        assert 5.0 < row.scored_tissue_mm2 <= row.detected_tissue_mm2 * 1.2
+        assert row.thumbnail_downsample == tiles.thumbnail_downsample
+        with Image.open(out / f"{row.slide}.thumbnail.png") as image:
+            assert image.size == (tiles.thumbnail.shape[1], tiles.thumbnail.shape[0])
+            assert (np.asarray(image.convert("RGB")) == tiles.thumbnail[..., :3]).all()
+    (case,) = source_run.cases
+    assert case.scored_tissue_mm2 == pytest.approx(
+        sum(s.scored_tissue_mm2 or 0 for s in source_run.slides)
+    )
