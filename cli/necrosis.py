@@ -59,7 +59,11 @@ def necrosis(
 
     Writes necrosis_slides.csv, necrosis_cases.csv, run.json, report.html and, per slide, a
     heatmap PNG, a QuPath GeoJSON and a table of per-tile class probabilities
-    (SLIDE.tiles.parquet) into OUT/slides/. Exit code 1 when any slide failed, or when --send
+    (SLIDE.tiles.parquet) and the thumbnail into OUT/slides/. A case whose interval crosses a
+    Huvos or responder cut-off is reported "uncertain"; a slide or case the model was not made
+    for (not H&E, too little tissue or tumour) is "not assessable" with the reason, without a
+    rate. --from-run RUN_DIR re-aggregates a run with --cases, without the model or the
+    slides. Exit code 1 when any slide failed, or when --send
     could not store everything (the results on disk are kept).
     """
     from osteomics.cli.study_necrosis import check_store_paths, is_store_path
