@@ -48,13 +48,28 @@ def info(
         None, "--mpp-override", help="Level-0 µm/px to use instead of the file's."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="node.toml, for a remote slide dicomweb:REMOTE/<StudyUID>/<SeriesUID> "
+        "(REMOTE a DICOMweb remote of it; only the tiles read are downloaded).",
+    ),
 ) -> None:
     """Vendor, reader, levels, dimensions, downsamples, µm/px, objective, associated images.
 
     One tile from the centre of every level is decoded, to check the pixel data: a slide whose
     tiles do not decode (a damaged or truncated file) is reported, with exit code 1.
     """
-    with open_slide(slide, backend, mpp_override) as opened:
+    source: Any = slide
+    if str(slide).startswith("dicomweb:"):
+        from osteomics.plugins.dicomweb_connector import remote_slide_source
+        from osteomics.radiology.config import load_node_config
+        from osteomics.radiology.errors import NodeConfigError
+
+        if config is None:
+            raise NodeConfigError(f"{slide} is a remote slide: give --config node.toml")
+        source = remote_slide_source(load_node_config(config), str(slide))
+    with open_slide(source, backend, mpp_override) as opened:
         description = opened.info.to_dict()
         errors = check_levels(opened)
     for level, error in zip(description["levels"], errors, strict=True):

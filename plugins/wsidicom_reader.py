@@ -12,12 +12,15 @@ from osteomics.wsi.sources import SlideSource
 
 
 class WsiDicomSlide(Slide):
-    """DICOM WSI: a folder (or list) of instances, one per pyramid level."""
+    """DICOM WSI: a folder (or list) of instances, one per pyramid level; or a series on a
+    DICOMweb server (a :class:`SlideSource` with ``remote``), read tile by tile."""
 
     backend = "wsidicom"
 
     @classmethod
     def can_open(cls, source: SlideSource) -> bool:
+        if source.remote is not None:  # a DICOM WSI series on a DICOMweb server
+            return True
         path = source.files[0]
         if not path.is_file():
             return False
@@ -26,9 +29,12 @@ class WsiDicomSlide(Slide):
         return len(head) == 132 and head[128:132] == b"DICM"
 
     def _open(self) -> None:
+        if self.source.remote is not None:
+            self._wsi: Any = self.source.remote.open()  # read frame by frame over WADO-RS
+            return
         from wsidicom import WsiDicom
 
-        self._wsi: Any = WsiDicom.open([str(f) for f in self.source.files])
+        self._wsi = WsiDicom.open([str(f) for f in self.source.files])
 
     def _read_metadata(self) -> RawSlideMetadata:
         levels = list(self._wsi.levels)

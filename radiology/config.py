@@ -21,9 +21,17 @@ Format (names are the contract)::
     ca = "ca.crt"
 
     [remotes.pacs]                    # a PACS we can echo, query and pull from
-    ae_title = "ORTHANC"
+    ae_title = "ORTHANC"              # protocol = "dimse" (the default): DIMSE C-FIND/C-MOVE
     host = "127.0.0.1"
     port = 4242
+
+    [remotes.web]                     # a DICOMweb server (QIDO-RS, WADO-RS, STOW-RS)
+    protocol = "dicomweb"
+    url = "https://pacs.example.org/dicom-web"   # its DICOMweb root
+    username = "osteomics"            # optional basic auth: user and password, or
+    password_env = "PACS_PASSWORD"    # (better) the environment variable holding it
+    # token = "..." / token_env = "PACS_TOKEN"   # or a bearer token (not with a password)
+    timeout_s = 60                    # optional: seconds to wait for each answer
 
     [radiomics]                       # optional: IBSI features of every completed study
     enabled = false                   # true: `node serve` runs the radiomics worker thread
@@ -118,22 +126,97 @@ class TlsSettings:
     ca: Path | None
 
 
+#: ``[remotes.NAME] protocol`` values.
+REMOTE_PROTOCOLS = ("dimse", "dicomweb")
+_DIMSE_REMOTE_KEYS = {"protocol", "ae_title", "host", "port"}
+_DICOMWEB_REMOTE_KEYS = {
+    "protocol",
+    "url",
+    "username",
+    "password",
+    "password_env",
+    "token",
+    "token_env",
+    "timeout_s",
+}
+
+
 @dataclass(frozen=True)
 class RemoteNode:
-    """A remote AE we can echo, query and pull from.
+    """A remote PACS we can echo, query and pull from, and send results to.
+
+    A DIMSE remote (``protocol = "dimse"``, the default) is an AE title, host and port; a
+    DICOMweb remote (``protocol = "dicomweb"``) is a URL with optional credentials. Secrets are
+    kept out of ``repr`` (and so out of logs and tracebacks); :meth:`credentials` resolves them,
+    reading ``password_env``/``token_env`` from the environment when asked.
 
     Attributes
     ----------
     name:
         The ``NAME`` of ``[remotes.NAME]``, as typed on the command line.
     ae_title, host, port:
-        Where it listens.
+        Where a DIMSE remote listens (empty / 0 for a DICOMweb remote).
+    protocol:
+        ``"dimse"`` or ``"dicomweb"``: which ``pacs_connector`` plugin talks to it.
+    url:
+        A DICOMweb remote's DICOMweb root (``http://host:8042/dicom-web``).
+    username, password:
+        HTTP basic authentication of a DICOMweb remote.
+    token:
+        Bearer token of a DICOMweb remote.
+    password_env, token_env:
+        Names of environment variables holding the password or token (read at use time).
+    timeout_s:
+        Seconds to wait for each answer of a DICOMweb remote (None: the command's default).
     """
 
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    protocol: str = "dimse"
+    url: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    password_env: str | None = None
+    token_env: str | None = None
+    timeout_s: float | None = None
+    config_path: Path | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def address(self) -> str:
+        """Where it is, for messages: ``AE at host:port`` or the URL (never a secret)."""
+        if self.protocol == "dicomweb":
+            return str(self.url)
+        return f"{self.ae_title} at {self.host}:{self.port}"
+
+    def credentials(self) -> tuple[str | None, str | None, str | None]:
+        """``(username, password, token)`` of a DICOMweb remote, environment variables read.
+
+        Raises
+        ------
+        NodeConfigError
+            ``password_env``/``token_env`` names a variable that is not set (or empty).
+        """
+        password, token = self.password, self.token
+        if self.password_env is not None:
+            password = self._env("password_env", self.password_env)
+        if self.token_env is not None:
+            token = self._env("token_env", self.token_env)
+        return self.username, password, token
+
+    def _env(self, key: str, variable: str) -> str:
+        import os
+
+        value = os.environ.get(variable)
+        if not value:
+            raise NodeConfigError(
+                f"{self.config_path or 'node.toml'}: remotes.{self.name}.{key} names the "
+                f"environment variable {variable}, which is not set; export {variable} before "
+                "running osteomics (or give the secret in the file)"
+            )
+        return value
 
 
 @dataclass(frozen=True)
@@ -296,7 +379,8 @@ class NodeConfig:
             known = ", ".join(sorted(self.remotes)) or "none"
             raise UnknownRemoteError(
                 f"{self.config_path or 'node.toml'} defines no remote {name!r} (defined: "
-                f"{known}); add a [remotes.{name}] table with ae_title, host and port"
+                f"{known}); add a [remotes.{name}] table with ae_title, host and port "
+                '(DIMSE), or protocol = "dicomweb" and url (DICOMweb)'
             ) from None
 
     def is_allowed(self, calling_ae: str, host: str) -> bool:
@@ -391,18 +475,7 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
     remotes_raw = raw.get("remotes", {})
     if not isinstance(remotes_raw, dict):
         raise NodeConfigError(f"{where}: remotes must be [remotes.NAME] tables")
-    remotes = {}
-    for name, entry in remotes_raw.items():
-        key = f"remotes.{name}"
-        if not isinstance(entry, dict):
-            raise NodeConfigError(f"{where}: {key} must be a table with ae_title, host, port")
-        _only_keys(entry, {"ae_title", "host", "port"}, where, key)
-        remotes[name] = RemoteNode(
-            name=name,
-            ae_title=_ae(_required(entry, "ae_title", str, where, key), where, key),
-            host=_required(entry, "host", str, where, key),
-            port=_port(_required(entry, "port", int, where, key), where, key),
-        )
+    remotes = {name: _remote(name, entry, path, where) for name, entry in remotes_raw.items()}
 
     quiet = node.get("study_quiet_seconds", DEFAULT_QUIET_SECONDS)
     if isinstance(quiet, bool) or not isinstance(quiet, int | float) or quiet <= 0:
@@ -435,6 +508,100 @@ def parse_node_config(raw: dict[str, Any], path: Path) -> NodeConfig:
         fusion=_fusion(raw.get("fusion", {}), base, where),
         necrosis=_necrosis(raw.get("necrosis", {}), base, where),
         results=_results(raw.get("results", {}), remotes, where),
+        config_path=path,
+    )
+
+
+def _remote(name: str, entry: object, path: Path, where: str) -> RemoteNode:
+    """Validate one ``[remotes.NAME]``: a DIMSE remote (ae_title, host, port) or a DICOMweb
+    remote (url, optional basic auth or bearer token, secrets possibly from the environment)."""
+    key = f"remotes.{name}"
+    if not isinstance(entry, dict):
+        raise NodeConfigError(
+            f"{where}: {key} must be a table with ae_title, host, port (DIMSE) or "
+            'protocol = "dicomweb" and url (DICOMweb)'
+        )
+    protocol = entry.get("protocol", "dimse")
+    if protocol not in REMOTE_PROTOCOLS:
+        raise NodeConfigError(
+            f'{where}: {key}.protocol must be "dimse" or "dicomweb", not {protocol!r}'
+        )
+    if protocol == "dimse":
+        misplaced = sorted(set(entry) & (_DICOMWEB_REMOTE_KEYS - _DIMSE_REMOTE_KEYS))
+        if misplaced:
+            raise NodeConfigError(
+                f'{where}: {key} is a DIMSE remote (protocol "dimse", the default) but sets '
+                f'{", ".join(misplaced)}; add protocol = "dicomweb" for a DICOMweb server'
+            )
+        _only_keys(entry, _DIMSE_REMOTE_KEYS, where, key)
+        for required in ("ae_title", "host", "port"):
+            if required not in entry:
+                raise NodeConfigError(
+                    f"{where}: {key}.{required} is required for a DIMSE remote (ae_title, "
+                    'host and port); for a DICOMweb server set protocol = "dicomweb" and url'
+                )
+        return RemoteNode(
+            name=name,
+            ae_title=_ae(_required(entry, "ae_title", str, where, key), where, key),
+            host=_required(entry, "host", str, where, key),
+            port=_port(_required(entry, "port", int, where, key), where, key),
+            config_path=path,
+        )
+    misplaced = sorted(set(entry) & (_DIMSE_REMOTE_KEYS - {"protocol"}))
+    if misplaced:
+        raise NodeConfigError(
+            f"{where}: {key} is a DICOMweb remote but sets {', '.join(misplaced)} (DIMSE "
+            "settings); give its DICOMweb root as url only, or drop protocol for DIMSE"
+        )
+    _only_keys(entry, _DICOMWEB_REMOTE_KEYS, where, key)
+    if "url" not in entry:
+        raise NodeConfigError(
+            f"{where}: {key}.url is required for a DICOMweb remote: its DICOMweb root, e.g. "
+            '"http://pacs:8042/dicom-web"'
+        )
+    url = _required(entry, "url", str, where, key)
+    if not url.startswith(("http://", "https://")) or len(url) < len("http://x"):
+        raise NodeConfigError(
+            f"{where}: {key}.url {url!r} must be an http:// or https:// URL (the server's "
+            "DICOMweb root, e.g. http://pacs:8042/dicom-web)"
+        )
+    strings = {}
+    for field_name in ("username", "password", "password_env", "token", "token_env"):
+        if field_name in entry:
+            value = entry[field_name]
+            if not isinstance(value, str) or not value:
+                raise NodeConfigError(f"{where}: {key}.{field_name} must be a non-empty string")
+            strings[field_name] = value
+    if "password" in strings and "password_env" in strings:
+        raise NodeConfigError(f"{where}: {key}: give password or password_env, not both")
+    if "token" in strings and "token_env" in strings:
+        raise NodeConfigError(f"{where}: {key}: give token or token_env, not both")
+    has_password = "password" in strings or "password_env" in strings
+    has_token = "token" in strings or "token_env" in strings
+    if has_token and (has_password or "username" in strings):
+        raise NodeConfigError(
+            f"{where}: {key}: give a token (bearer) or a username and password (basic), not both"
+        )
+    if has_password != ("username" in strings):
+        raise NodeConfigError(
+            f"{where}: {key}: basic authentication needs both username and password "
+            "(or password_env)"
+        )
+    timeout = entry.get("timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise NodeConfigError(f"{where}: {key}.timeout_s must be a number of seconds > 0")
+    return RemoteNode(
+        name=name,
+        protocol="dicomweb",
+        url=url.rstrip("/"),
+        username=strings.get("username"),
+        password=strings.get("password"),
+        token=strings.get("token"),
+        password_env=strings.get("password_env"),
+        token_env=strings.get("token_env"),
+        timeout_s=float(timeout) if timeout is not None else None,
         config_path=path,
     )
 

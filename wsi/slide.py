@@ -495,8 +495,10 @@ def open_slide(
     SlideNotFoundError, NotASlideError, UnknownBackendError, MissingMppError
     """
     source = path if isinstance(path, SlideSource) else source_for_path(Path(path))
-    if not source.path.exists():
+    if source.remote is None and not source.path.exists():
         raise SlideNotFoundError(f"{source.path}: no such file or folder")
+    if source.remote is not None and backend == "auto":
+        backend = "wsidicom"  # a remote slide is a DICOM WSI series on a DICOMweb server
     readers = reader_classes()
     if backend != "auto":
         if backend not in readers:

@@ -12,8 +12,9 @@ import hashlib
 import logging
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,23 @@ SLIDE_SUFFIXES = frozenset(
 VL_WHOLE_SLIDE_MICROSCOPY_IMAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
 
 
+#: Prefix of a remote slide: ``dicomweb:REMOTE/<StudyUID>/<SeriesUID>``.
+DICOMWEB_PREFIX = "dicomweb:"
+
+
+class RemoteSlide(Protocol):
+    """A slide read from a server instead of files (a DICOM WSI series over DICOMweb); made
+    by the plugins layer (:func:`osteomics.plugins.dicomweb_connector.remote_slide_source`)."""
+
+    def open(self) -> Any:
+        """The opened slide as its reader expects it (a ``wsidicom.WsiDicom``)."""
+        ...
+
+    def describe(self) -> str:
+        """Where it is, for messages and provenance (never a secret)."""
+        ...
+
+
 @dataclass(frozen=True)
 class SlideSource:
     """Where one slide's bytes are.
@@ -46,18 +64,47 @@ class SlideSource:
     name:
         Folder name for this slide's outputs (safe characters only, unique within a run).
     path:
-        The file, or for DICOM WSI the folder holding its instances.
+        The file, or for DICOM WSI the folder holding its instances; for a remote slide its
+        ``dicomweb:REMOTE/<StudyUID>/<SeriesUID>`` locator.
     files:
-        Every file that makes up the slide (hashed for provenance).
+        Every file that makes up the slide (hashed for provenance); none for a remote slide.
+    remote:
+        A remote slide's opener (:class:`RemoteSlide`), or None for files.
     """
 
     name: str
     path: Path
     files: tuple[Path, ...]
+    remote: RemoteSlide | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_dicom(self) -> bool:
+        if self.remote is not None:
+            return True
         return self.files[0].suffix.lower() == ".dcm" or self.path.is_dir()
+
+
+def parse_remote_slide(text: str) -> tuple[str, str, str] | None:
+    """``(remote, study UID, series UID)`` of ``dicomweb:REMOTE/<StudyUID>/<SeriesUID>``, or
+    None when ``text`` is not a remote slide locator (a path).
+
+    Raises
+    ------
+    NotASlideError
+        It starts with ``dicomweb:`` but is not of that form.
+    """
+    if not text.startswith(DICOMWEB_PREFIX):
+        return None
+    parts = text[len(DICOMWEB_PREFIX) :].strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        from osteomics.wsi.errors import NotASlideError
+
+        raise NotASlideError(
+            f"{text}: a remote slide is dicomweb:REMOTE/<StudyUID>/<SeriesUID> (REMOTE a "
+            '[remotes.NAME] of node.toml with protocol = "dicomweb")'
+        )
+    remote, study, series = parts
+    return remote, study, series
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,72 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load_node_config(tmp_path / "nope.toml")
     with pytest.raises(NodeConfigError, match="not valid TOML"):
         load_node_config(write(tmp_path, "[node\n"))
+
+
+WEB_REMOTE = """
+[remotes.web]
+protocol = "dicomweb"
+url = "https://pacs.example.org/dicom-web/"
+username = "osteomics"
+password_env = "OSTEOMICS_TEST_PACS_PASSWORD"
+timeout_s = 20
+"""
+
+
+def test_a_dicomweb_remote_loads_with_its_secret_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_node_config(write(tmp_path, ISSUE_EXAMPLE + WEB_REMOTE))
+    web = config.remote("web")
+    assert (web.protocol, web.url, web.timeout_s) == (
+        "dicomweb",
+        "https://pacs.example.org/dicom-web",
+        20.0,
+    )
+    assert config.remote("pacs").protocol == "dimse"
+    monkeypatch.delenv("OSTEOMICS_TEST_PACS_PASSWORD", raising=False)
+    with pytest.raises(NodeConfigError, match="OSTEOMICS_TEST_PACS_PASSWORD, which is not set"):
+        web.credentials()
+    monkeypatch.setenv("OSTEOMICS_TEST_PACS_PASSWORD", "hunter2-secret")
+    assert web.credentials() == ("osteomics", "hunter2-secret", None)
+
+
+def test_the_repr_of_a_remote_hides_its_password_and_token(tmp_path: Path) -> None:
+    text = ISSUE_EXAMPLE + WEB_REMOTE.replace(
+        'password_env = "OSTEOMICS_TEST_PACS_PASSWORD"', 'password = "hunter2-secret"'
+    )
+    text += '\n[remotes.bearer]\nprotocol = "dicomweb"\nurl = "http://x/dw"\ntoken = "tok-secret"\n'
+    config = load_node_config(write(tmp_path, text))
+    shown = repr(config)
+    assert "hunter2-secret" not in shown and "tok-secret" not in shown
+    assert config.remote("web").credentials() == ("osteomics", "hunter2-secret", None)
+    assert config.remote("bearer").credentials() == (None, None, "tok-secret")
+
+
+@pytest.mark.parametrize(
+    ("remote", "message"),
+    [
+        ('protocol = "dicomweb"\n', r"remotes\.bad\.url is required for a DICOMweb remote"),
+        ('protocol = "dicomweb"\nurl = "pacs:8042"\n', r"must be an http:// or https:// URL"),
+        ('ae_title = "PACS"\nhost = "127.0.0.1"\n', r"remotes\.bad\.port is required for a DIMSE"),
+        ('protocol = "dimse"\nurl = "http://x/dw"\n', r"is a DIMSE remote .* sets url"),
+        ('protocol = "dicomweb"\nurl = "http://x/dw"\nport = 80\n', "DICOMweb remote but sets"),
+        (
+            'protocol = "dicomweb"\nurl = "http://x"\ntoken = "t"\nusername = "u"\npassword = "p"',
+            "a token .* or a username and password .* not both",
+        ),
+        (
+            'protocol = "dicomweb"\nurl = "http://x"\npassword = "p"\npassword_env = "P"\n',
+            "password or password_env, not both",
+        ),
+        ('protocol = "dicomweb"\nurl = "http://x"\npassword = "p"\n', "needs both username"),
+        ('protocol = "dicomweb"\nurl = "http://x"\ntimeout_s = 0\n', r"timeout_s must be"),
+        ('protocol = "dicomweb"\nurl = "http://x"\nbearer = "t"\n', r"unknown setting.*bearer"),
+        ('protocol = "wado"\nurl = "http://x"\n', r'protocol must be "dimse" or "dicomweb"'),
+    ],
+)
+def test_invalid_remotes_are_named(tmp_path: Path, remote: str, message: str) -> None:
+    path = write(tmp_path, ISSUE_EXAMPLE + "\n[remotes.bad]\n" + remote)
+    with pytest.raises(NodeConfigError, match=message) as info:
+        load_node_config(path)
+    assert str(path) in str(info.value)
