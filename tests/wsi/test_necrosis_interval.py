@@ -42,7 +42,11 @@ def test_v2_card_confusion_is_reordered_into_tissue_classes() -> None:
     matrix = confusion_from_card(card)
     assert matrix is not None
     # Card order Non-Tumor, Non-Viable-Tumor, Viable -> viable, necrotic, non-tumour.
-    np.testing.assert_array_equal(matrix, [[188, 10, 7], [4, 159, 10], [6, 18, 434]])
+    assert card["cross_validation"]["classes"] == ["Non-Tumor", "Non-Viable-Tumor", "Viable"]
+    order = [2, 1, 0]
+    expected = np.asarray(card["cross_validation"]["confusion"])[order][:, order]
+    np.testing.assert_array_equal(matrix, expected)
+    assert matrix[0, 0] > 150 and matrix[1, 1] > 150  # rows true viable / necrotic
     assert matrix.sum() == np.sum(card["cross_validation"]["confusion"])
     assert confusion_from_card({"classes": ["a", "b"], "tissue_classes": {}}) is None
 
