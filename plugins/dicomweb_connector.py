@@ -244,8 +244,12 @@ class DicomWebConnector:
             filters["StudyInstanceUID"] = validate_uid(study_uid, "study UID")
         remote = web_remote(remote)
         with self._errors(remote, "QIDO-RS study search"):
-            results = self._client(remote).search_for_studies(
-                search_filters=filters, fields=list(_STUDY_FIELDS), get_remaining=True
+            client = self._client(remote)
+            results = _all_pages(
+                lambda offset: client.search_for_studies(
+                    search_filters=filters, fields=list(_STUDY_FIELDS), offset=offset
+                ),
+                "0020000D",
             )
         matches = []
         for item in results:
@@ -460,8 +464,11 @@ class DicomWebConnector:
             # wsidicom asks for JPEG first; a server holding the frames uncompressed (RGB)
             # would then transcode them, lossy, and Orthanc 1.10 labels the result wrongly
             # (YBR pixels read as RGB): ask an RGB series for its frames as they are.
-            found = client.search_for_instances(
-                study_uid, series_uid, fields=["00280004"], get_remaining=True
+            found = _all_pages(
+                lambda offset: client.search_for_instances(
+                    study_uid, series_uid, fields=["00280004"], offset=offset
+                ),
+                "00080018",
             )
             photometric = {
                 str(Dataset.from_json(item).get("PhotometricInterpretation", "")) for item in found
@@ -552,6 +559,32 @@ def _flat_frames_client() -> Any:
 
 def _web_slide_client(client: Any) -> Any:
     return _flat_frames_client()(client)
+
+
+#: QIDO-RS pages read at most (a server may cap each page, e.g. at 100 matches).
+_MAX_PAGES = 1000
+
+
+def _all_pages(search: Any, uid_tag: str) -> list[dict[str, Any]]:
+    """Every match of a QIDO-RS search, page by page (``search(offset)``), until a page brings
+    nothing new: a server that ignores ``offset`` (and answers the first page again) ends the
+    loop instead of repeating it forever, as dicomweb-client's ``get_remaining`` would."""
+    seen: set[str] = set()
+    results: list[dict[str, Any]] = []
+    offset = 0
+    for _ in range(_MAX_PAGES):
+        page = search(offset) or []
+        new = []
+        for item in page:
+            uid = str((item.get(uid_tag) or {}).get("Value", [""])[0])
+            if uid not in seen:
+                seen.add(uid)
+                new.append(item)
+        if not new:
+            break
+        results.extend(new)
+        offset += len(page)
+    return results
 
 
 def web_remote(remote: DicomWebRemote | RemoteNode) -> DicomWebRemote:

@@ -251,19 +251,16 @@ def test_pull_failures_name_the_server_and_leave_the_store_as_it_was(
 
 
 class _Broken(http.server.BaseHTTPRequestHandler):
-    """QIDO-RS finds one study; WADO-RS of it answers 500 (or never answers)."""
+    """QIDO-RS finds one study (and ignores ``offset``: every page is that study again);
+    WADO-RS of it answers 500 (or never answers)."""
 
     study_uid: ClassVar[str] = "1.2.826.0.1.3680043.8.498.1"
     silent_wado: ClassVar[bool] = False
     server_port: ClassVar[int] = 0
 
     def do_GET(self) -> None:
-        if "/studies/" not in self.path:  # QIDO-RS: one match, then an empty next page
-            found = (
-                []
-                if "offset=" in self.path and "offset=0" not in self.path
-                else [{"0020000D": {"vr": "UI", "Value": [self.study_uid]}}]
-            )
+        if "/studies/" not in self.path:  # QIDO-RS: one match, whatever the offset asked
+            found = [{"0020000D": {"vr": "UI", "Value": [self.study_uid]}}]
             body = json.dumps(found).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/dicom+json")
@@ -294,6 +291,18 @@ def broken_server() -> Iterator[type[_Broken]]:
         _Broken.silent_wado = False
         server.shutdown()
         server.server_close()
+
+
+def test_a_server_that_ignores_the_qido_offset_gives_its_matches_once(
+    broken_server: Any,
+) -> None:
+    from osteomics.plugins.dicomweb_connector import DicomWebConnector, DicomWebRemote
+
+    url = f"http://127.0.0.1:{broken_server.server_port}/dicom-web"
+    (match,) = DicomWebConnector(timeout_s=5).find_studies(
+        DicomWebRemote("sloppy", url), patient_id="x"
+    )
+    assert match.study_uid == broken_server.study_uid
 
 
 @pytest.mark.parametrize("silent", [False, True], ids=["500", "timeout"])
