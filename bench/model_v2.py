@@ -217,46 +217,12 @@ def _fit_predict(
     seed: int = 0,
 ) -> tuple[list[np.ndarray], float]:
     """Standardise, then multinomial logistic regression with balanced class weights; C chosen
-    by an inner slide-grouped 3-fold CV (log-loss) on the training tiles only."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.preprocessing import StandardScaler
+    by an inner slide-grouped 3-fold CV (log-loss) on the training tiles only: the recipe of
+    ``osteomics train --linear-probe`` (:func:`osteomics.wsi.train.fit_linear_probe`)."""
+    from osteomics.wsi.train import _softmax, fit_linear_probe
 
-    from osteomics.wsi.folds import grouped_folds
-
-    def model(c: float) -> Any:
-        return LogisticRegression(C=c, max_iter=3000)
-
-    def weights(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-        counts = np.bincount(y, weights=w, minlength=3)
-        return w * (counts.sum() / np.maximum(counts, 1e-9) / (counts > 0).sum())[y]
-
-    grid = [0.003, 0.01, 0.03, 0.1, 0.3]
-    inner = grouped_folds(y_train, groups, 3, seed)
-    losses = []
-    for c in grid:
-        loss = 0.0
-        for f in np.unique(inner):
-            tr, va = inner != f, inner == f
-            sc = StandardScaler().fit(x_train[tr])
-            clf = model(c).fit(
-                sc.transform(x_train[tr]), y_train[tr], weights(y_train[tr], w_train[tr])
-            )
-            p = clf.predict_proba(sc.transform(x_train[va]))
-            full = np.zeros((len(p), 3))
-            full[:, clf.classes_] = p
-            loss += log_loss(y_train[va], np.clip(full, 1e-6, 1), labels=[0, 1, 2]) * va.sum()
-        losses.append(loss)
-    best = grid[int(np.argmin(losses))]
-    sc = StandardScaler().fit(x_train)
-    clf = model(best).fit(sc.transform(x_train), y_train, weights(y_train, w_train))
-    outs = []
-    for x in x_tests:
-        p = clf.predict_proba(sc.transform(x))
-        full = np.zeros((len(p), 3))
-        full[:, clf.classes_] = p
-        outs.append(full)
-    return outs, best
+    probe = fit_linear_probe(x_train, y_train, w_train, list(groups), 3, seed)
+    return [_softmax(probe.logits(x)) for x in x_tests], probe.c
 
 
 def _metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -445,6 +411,7 @@ def ship(
         TrainConfig,
         fit_linear_probe,
         fold_probe_into,
+        half_precision,
         model_versions,
         pretrained_provenance,
     )
@@ -634,7 +601,7 @@ def ship(
         "Not fine-tuned: frozen ImageNet features + a linear layer. Not checked on the "
         "kept-aside patient by us (we cannot see it).",
     ]
-    save_model(net.half() if half else net, card, out)
+    save_model(half_precision(net) if half else net, card, out)
     # The shipped network gives the logistic regression's probabilities (check on 3 tiles).
     net2, card2 = load_model(out)
     for i in idx3[:3]:
@@ -664,6 +631,7 @@ def main() -> None:
     )
     e = sub.add_parser("evaluate")
     e.add_argument("--v1", action="store_true", help="also score the shipped v1 model")
+    e.add_argument("--only", default=None, help="only caches whose name starts with this")
     sh = sub.add_parser("ship")
     sh.add_argument("--features", required=True, help="cache file name under bench/out/model_v2")
     sh.add_argument("--stain", choices=["none", "macenko"], required=True)
@@ -697,7 +665,7 @@ def main() -> None:
     m = manifest()
     results = []
     for cache in sorted(OUT.glob("*.npz")):
-        if "_limit" in cache.stem:
+        if "_limit" in cache.stem or (args.only and not cache.stem.startswith(args.only)):
             continue
         for kind in ("crops", "crops+context"):
             for soft in (False, True):
@@ -713,6 +681,9 @@ def main() -> None:
                     + " ".join(f"{k} {v['tumour_vs_non_tumour_accuracy']}" for k, v in lo.items()),
                     flush=True,
                 )
+    if args.only:  # keep the other variants' figures
+        old = json.loads((OUT / "results.json").read_text())
+        results = [v for v in old["variants"] if not v["features"].startswith(args.only)] + results
     document: dict[str, Any] = {"variants": results}
     if args.v1:
         document["v1"] = evaluate_v1(m)

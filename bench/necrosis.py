@@ -292,7 +292,7 @@ class _Recipe:
 
     def save(self, probe: object, confusion: np.ndarray, temperature: float, out: Path) -> Path:
         from osteomics.wsi.model import ModelCard, Preprocessing, load_model, save_model
-        from osteomics.wsi.train import LinearProbe, fold_probe_into
+        from osteomics.wsi.train import LinearProbe, fold_probe_into, half_precision
         from osteomics.wsi.weights import network_from_pretrained
 
         assert isinstance(probe, LinearProbe) and self.weights.arch is not None
@@ -319,7 +319,7 @@ class _Recipe:
                 "level": "tile, inner slide-grouped 3-fold CV of the training tiles",
             },
         )
-        save_model(net.half(), card, out)
+        save_model(half_precision(net), card, out)
         return out
 
     def tiles(self, mask: np.ndarray, label: str) -> list[LabelledTile]:
@@ -417,7 +417,15 @@ def accuracy(args: argparse.Namespace) -> None:
                 truth = true_rate_by_tissue(composition, run.tiles[row.slide])
                 est = c.necrosis_rate
                 if truth is None or est is None:
-                    print(f"  {case}: {c.status} {c.reason}")
+                    a = run.tiles[row.slide].area_mm2  # viable, necrotic, non-tumour
+                    raw = 100 * a[:, 1].sum() / max(a[:, :2].sum(), 1e-9)
+                    print(
+                        f"  {case}: true {truth} %; {c.status}: {c.reason} (the rate its tile "
+                        f"probabilities would give: {raw:.1f} %)"
+                    )
+                    rows.append((name, case, truth, raw, None, None, False,
+                                 huvos_grade(truth or 0), "not assessable",
+                                 responder(truth or 0), "not assessable"))  # fmt: skip
                     continue
                 covered = (
                     c.ci_low is not None

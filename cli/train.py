@@ -84,7 +84,13 @@ def train(
     fit on all images, and write MODEL_DIR/model.safetensors + model_card.json."""
     from osteomics.wsi.model import COLOUR_MODES, COLOUR_NORMALISATION, Preprocessing, save_model
     from osteomics.wsi.stain import NORMALISERS
-    from osteomics.wsi.train import ProbeConfig, TrainConfig, parse_soft_labels, train_linear_probe
+    from osteomics.wsi.train import (
+        ProbeConfig,
+        TrainConfig,
+        half_precision,
+        parse_soft_labels,
+        train_linear_probe,
+    )
     from osteomics.wsi.train import train as run_training
     from osteomics.wsi.weights import load_pretrained
 
@@ -187,7 +193,7 @@ def train(
         argv += ["--ignore-class", label]
     argv += ["--fp16"] if fp16 else []
     card.training["command"] = shlex.join(argv)
-    card = save_model(net.half() if fp16 else net, card, out)
+    card = save_model(half_precision(net) if fp16 else net, card, out)
     cv = card.cross_validation
     typer.echo(
         json.dumps(

