@@ -473,6 +473,23 @@ def reader_classes() -> dict[str, type[Slide]]:
     return readers
 
 
+#: The reader ``auto`` tries first for a DICOM WSI series: wsidicom decodes its frames
+#: 2.5x faster than OpenSlide 4.0 does (bench/pacs.py: 984 vs 383 tiles/s on the same mosaic),
+#: so a slide from the node's store scores faster than the same pixels as a TIFF.
+DICOM_FIRST_READER = "wsidicom"
+
+
+def _auto_order(
+    readers: dict[str, type[Slide]], source: SlideSource
+) -> list[tuple[str, type[Slide]]]:
+    """Readers in the order ``auto`` tries them: by plugin priority, except that a DICOM
+    series goes to :data:`DICOM_FIRST_READER` first when it is installed."""
+    order = list(readers.items())
+    if source.is_dicom and DICOM_FIRST_READER in readers:
+        order.sort(key=lambda item: item[0] != DICOM_FIRST_READER)
+    return order
+
+
 def open_slide(
     path: str | Path | SlideSource,
     backend: str = "auto",
@@ -507,7 +524,7 @@ def open_slide(
             )
         return readers[backend](source, mpp_override)
     reasons = []
-    for name, cls in readers.items():
+    for name, cls in _auto_order(readers, source):
         try:
             if not cls.can_open(source):
                 reasons.append(f"{name}: format not recognised")

@@ -155,10 +155,11 @@ def test_implausible_mpp_override_is_refused(boxes_tiff: Path, bad: float) -> No
 
 
 # -- DICOM WSI ------------------------------------------------------------------------------
-def test_dicom_folder_auto_uses_openslide(dicom_wsi_dir: Path) -> None:
+def test_dicom_folder_auto_uses_wsidicom_first(dicom_wsi_dir: Path) -> None:
+    """auto reads DICOM with wsidicom (2.5x OpenSlide's DICOM decoding, bench/pacs.py)."""
     with open_slide(dicom_wsi_dir) as slide:
         info = slide.info
-        assert info.backend == "openslide"
+        assert info.backend == "wsidicom"
         assert info.vendor == "dicom"
         assert level_sizes(slide) == [(16, 16)]
         assert info.mpp == pytest.approx(0.499, abs=1e-4)
