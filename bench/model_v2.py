@@ -528,7 +528,7 @@ def ship(
             ],
             "command": command,
             "reproduce": "osteomics train ../shared/data/osteosarcoma-tcia --out M --pretrained "
-            f"{source} --linear-probe --tile-mpp 2 --input-mpp 2 --input-px 512 "
+            f"{source} --linear-probe --grouping slide --tile-mpp 2 --input-mpp 2 --input-px 512 "
             f"--stain-normalisation {stain} "
             + (
                 f"--soft-label {MIXED}=Non-Viable-Tumor+Viable"

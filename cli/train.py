@@ -76,6 +76,12 @@ def train(
     ignore_class: list[str] = typer.Option(
         [], "--ignore-class", help="A label folder to leave out (with --linear-probe). Repeatable."
     ),
+    grouping: str = typer.Option(
+        "auto",
+        "--grouping",
+        help="With --linear-probe: cross-validation groups, auto (patients when every class has "
+        "more than one, else slides), patient or slide.",
+    ),
     fp16: bool = typer.Option(
         False, "--fp16", help="Store the weights as float16 (half the size; with --linear-probe)."
     ),
@@ -94,9 +100,9 @@ def train(
     from osteomics.wsi.train import train as run_training
     from osteomics.wsi.weights import load_pretrained
 
-    if (soft_label or ignore_class or fp16) and not linear_probe:
+    if (soft_label or ignore_class or fp16 or grouping != "auto") and not linear_probe:
         raise typer.BadParameter(
-            "--soft-label, --ignore-class and --fp16 go with --linear-probe",
+            "--soft-label, --ignore-class, --grouping and --fp16 go with --linear-probe",
             param_hint="--linear-probe",
         )
     try:
@@ -166,6 +172,7 @@ def train(
         soft_labels=soft_labels,
         ignore_classes=tuple(ignore_class),
         half_precision=fp16,
+        grouping=grouping,
     )
     with stages("training") as say:
         if linear_probe:
@@ -191,6 +198,7 @@ def train(
         argv += ["--soft-label", spec]
     for label in ignore_class:
         argv += ["--ignore-class", label]
+    argv += ["--grouping", grouping] if grouping != "auto" else []
     argv += ["--fp16"] if fp16 else []
     card.training["command"] = shlex.join(argv)
     card = save_model(half_precision(net) if fp16 else net, card, out)

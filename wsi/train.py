@@ -733,6 +733,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, k: int) 
     """Standardise, then a multinomial logistic regression with balanced class weights."""
     from sklearn.linear_model import LogisticRegression
 
+    if len(np.unique(y)) < 2:
+        raise TrainingDataError(
+            "a logistic regression needs images of at least two classes in its training set"
+        )
     x = np.asarray(x, np.float64)
     mean = x.mean(axis=0)
     std = x.std(axis=0)
@@ -776,10 +780,14 @@ def fit_linear_probe(
     if len(set(groups)) < 2:
         return fit_logistic(x, y, w, float(grid[len(grid) // 2]), k)
     inner = grouped_folds(y, groups, 3, seed)
+    # an inner fold whose training part lacks a class cannot rank C (e.g. one patient left)
+    usable = [f for f in np.unique(inner) if len(np.unique(y[inner != f])) >= 2]
+    if not usable:
+        return fit_logistic(x, y, w, float(grid[len(grid) // 2]), k)
     losses = []
     for c in grid:
         loss = 0.0
-        for f in np.unique(inner):
+        for f in usable:
             tr, va = inner != f, inner == f
             p = _softmax(fit_logistic(x[tr], y[tr], w[tr], c, k).logits(x[va]))
             loss -= float((w[va] * np.log(np.clip(p[np.arange(va.sum()), y[va]], 1e-6, 1))).sum())
@@ -859,6 +867,9 @@ class ProbeConfig:
     restain_every: int = 4
     #: Store the weights as float16 (half the size; probabilities move by ~1e-3).
     half_precision: bool = False
+    #: ``auto`` (patient groups when every class has more than one patient, else slides, as
+    #: :func:`osteomics.wsi.folds.choose_grouping`), ``patient`` or ``slide``.
+    grouping: str = "auto"
 
 
 def train_linear_probe(
@@ -913,6 +924,17 @@ def train_linear_probe(
     images = prepare_images(all_tiles, classes + sorted(soft), config)
     k = len(classes)
     grouping = choose_grouping(hard_tiles)
+    if probe_config.grouping not in ("auto", grouping.kind):
+        if probe_config.grouping not in ("patient", "slide"):
+            raise TrainingDataError(
+                f"--grouping {probe_config.grouping}: choose auto, patient or slide"
+            )
+        grouping = Grouping(
+            probe_config.grouping,
+            f"{probe_config.grouping}-grouped as asked (--grouping); automatic: "
+            f"{grouping.kind} ({grouping.reason})",
+            (),
+        )
     key = (lambda t: t.case) if grouping.kind == "patient" else (lambda t: f"{t.case}/{t.slide}")
     groups = [key(t) for t in all_tiles]
     n_hard = len(hard_tiles)

@@ -134,3 +134,21 @@ def test_a_malformed_soft_label_is_refused_with_the_expected_form(
     )  # fmt: skip
     assert result.exit_code == 2
     assert "FOLDER=CLASS_A+CLASS_B" in result.output
+
+
+def test_probe_c_search_skips_inner_folds_that_lack_a_class_and_folds_exactly() -> None:
+    from osteomics.wsi.train import fit_linear_probe
+
+    # two "patients": A holds both classes, C only class 0 (as P9 in the TCIA tiles), so the
+    # inner fold that trains on C alone cannot rank C and is skipped, not a crash
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 20 + [0] * 10)
+    groups = ["A"] * 40 + ["C"] * 10
+    x = rng.normal(size=(50, 6)) + y[:, None] * 1.5
+    x[:, 5] = 3.0 + 1e-9 * rng.normal(size=50)  # a nearly constant feature
+    probe = fit_linear_probe(x, y, np.ones(50), groups, 3)
+    assert probe.c in (0.003, 0.01, 0.03, 0.1, 0.3)
+    weight, bias = probe.folded()
+    np.testing.assert_allclose(x @ weight.T + bias, probe.logits(x), atol=1e-9)
+    assert np.abs(weight).max() < 1e4  # the floored sd keeps the folded layer in fp16's range
+    assert (probe.logits(x)[:, 2] < -1e3).all()  # a class absent from training: never predicted
