@@ -175,14 +175,14 @@ def throughput(args: argparse.Namespace) -> None:
                     )
                 )
             print(
-                f"repeat {repeat}: {row.n_tiles} tiles; osteomics necrosis {ours[-1]:.0f} tiles/s, "
-                f"OpenSlide read loop {ceilings[-1]:.0f}, model only {models[-1]:.0f} tiles/s"
+                f"repeat {repeat}: {row.n_tiles} tiles; osteomics necrosis {ours[-1]:.2f} tiles/s, "
+                f"OpenSlide read loop {ceilings[-1]:.0f}, model only {models[-1]:.2f} tiles/s"
             )
             shutil.rmtree(out, ignore_errors=True)
     o, c, m = (statistics.median(v) for v in (ours, ceilings, models))
     print(
-        f"osteomics necrosis: {o:.0f} tiles/s on {args.workers} CPU workers; tiling ceiling "
-        f"{c:.0f}, model only {m:.0f} tiles/s (median of {args.repeat}; model {card.name}, "
+        f"osteomics necrosis: {o:.2f} tiles/s on {args.workers} CPU workers; tiling ceiling "
+        f"{c:.0f}, model only {m:.2f} tiles/s (median of {args.repeat}; model {card.name}, "
         f"{card.input_px} px at {card.input_mpp} µm/px)"
     )
     print(f"ratio osteomics/min(ceiling, model) = {o / min(c, m):.2f}")
@@ -391,7 +391,7 @@ def accuracy(args: argparse.Namespace) -> None:
                 f"3-class accuracy {acc:.3f}, tumour vs non-tumour {tumour:.3f}",
                 flush=True,
             )
-            if not cases:
+            if not cases or args.no_mosaics:
                 continue
             folder = r.save(probe, confusion, temperature, work / f"model-{name.replace(' ', '-')}")
             for case, n_nec, n_via, n_nt in cases:
@@ -458,7 +458,7 @@ def accuracy(args: argparse.Namespace) -> None:
                 )
     print(f"fitted and scored in {time.perf_counter() - t0:.0f} s")
     if rows:
-        errors = [abs(e - t) for _, _, t, e, *_ in rows]
+        errors = [float(abs(e - t)) for _, _, t, e, *_ in rows]
         print(
             f"mosaic cases: mean |error| {statistics.mean(errors):.1f} points, max "
             f"{max(errors):.1f}; intervals cover {sum(r_[6] for r_ in rows)} of {len(rows)}; "
@@ -560,6 +560,9 @@ def main() -> None:
     )
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="densenet121-soft")
     parser.add_argument("--simulated", type=int, default=200, help="simulated coverage cases")
+    parser.add_argument(
+        "--no-mosaics", action="store_true", help="splits and coverage only (no scored mosaics)"
+    )
     args = parser.parse_args()
     if args.accuracy or args.accuracy_only:
         accuracy(args)
