@@ -109,7 +109,7 @@ def test_node_serve_echo_status_ls_end_to_end_and_the_node_says_what_it_does(
                 break
         assert counts == {
             "patients": 1, "studies": 1, "series": 2, "instances": n_files,
-            "jobs": {"queued": 1},
+            "jobs": {"queued": 1}, "failures": [],
         }  # fmt: skip
         assert "1 job(s) queued and no worker is enabled" in status.stderr
         assert "[radiomics] enabled = true" in status.stderr
