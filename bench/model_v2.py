@@ -517,7 +517,7 @@ def ship(
             },
             "logistic_regression_C": probe.c,
             "pretrained": pretrained_provenance(config),
-            "weights_dtype": "float16" if half else "float32",
+            "weights_dtype": "float16 trunk, float32 classifier" if half else "float32",
             "images": [
                 {"file": f, "sha256": h}
                 for f, h in zip(

@@ -1046,7 +1046,9 @@ def train_linear_probe(
             "linear_probe": {
                 **asdict(probe_config),
                 "C": probe.c,
-                "weights_dtype": "float16" if probe_config.half_precision else "float32",
+                "weights_dtype": "float16 trunk, float32 classifier"
+                if probe_config.half_precision
+                else "float32",
             },
             "pretrained": pretrained_provenance(config),
             "torch_threads": torch.get_num_threads(),
