@@ -25,6 +25,7 @@ Usage: python bench/necrosis.py [--workers 2] [--cells 12] [--accuracy] [--recip
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import shutil
 import statistics
@@ -468,7 +469,29 @@ def accuracy(args: argparse.Namespace) -> None:
             f"{sum(r_[10] == 'uncertain' for r_ in rows)} of {len(rows)}"
         )
     print(f"slide5 out-of-fold confusion (rows true NT, Nec, Via): {confusion5.tolist()}")
+    restain_flips(r)
     coverage(r, oof, lopo, confusion5, args.simulated)
+
+
+def restain_flips(r: _Recipe) -> None:
+    """The recipe's restain flip rate (slide5 folds, every 4th held-out tile re-rendered with
+    each other patient's median stains), as ``bench/model_v2.py evaluate`` measured it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import model_v2
+
+    cache_name = RECIPES[r.recipe][0]
+    path = model_v2.OUT / "results.json"
+    variants = json.loads(path.read_text())["variants"] if path.exists() else []
+    for v in variants:
+        if v["features"] == cache_name and v["kind"] == "crops" and v["soft_mixed"] == r.soft:
+            s5 = v["slide5"]
+            print(
+                f"restain flip rate: {s5.get('restain_flip_rate')} of {s5.get('restain_n')} "
+                f"copies; per patient out, 3-class accuracy "
+                + ", ".join(f"{k} {e['accuracy']}" for k, e in v["lopo"].items())
+            )
+            return
+    print(f"restain flip rate: not in {path} (run bench/model_v2.py features --restain-every 4)")
 
 
 def coverage(
