@@ -21,7 +21,7 @@ with a confusion matrix each resample's rate is therefore shifted by (adjusted c
 estimate): the hard calls' class areas corrected with one Dirichlet draw of
 ``P(predicted | true)`` (as below), which does not depend on the mix. Without that shift
 coverage on slide-held-out tiles fell from 0.98 on 27-tile cases to 0.35 on 972-tile ones;
-with it it stays >= 0.97 (bench/interval_coverage.py). Without a confusion matrix only the
+with it, 0.975-1.0 (bench/interval_coverage.py). Without a confusion matrix only the
 tile draws are made and :attr:`RateInterval.method` says so. It assumes the probabilities and
 the confusion hold on the new case (same stain, scanner and tissue as the folds); on a
 patient unlike the training patients they do not, and no interval built from cross-validation
