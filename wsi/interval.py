@@ -353,7 +353,9 @@ def _mix_shift(
     The hard calls (all of a tile's tissue in its most probable class) are corrected with
     one Dirichlet draw of ``R = P(predicted | true)`` per resample
     (:func:`_correct_for_classifier_error`), which does not depend on the class mix; the
-    difference to the point estimate shifts that resample's rate.
+    difference to the point estimate shifts that resample's rate. Where the hard calls hold no
+    tumour after correction (every tile called non-tumour) there is no adjusted rate and the
+    shift is 0: the tile draws alone.
     """
     iv, inec = TISSUE_CLASSES.index(VIABLE), TISSUE_CLASSES.index(NECROTIC)
     tissue = areas.sum(axis=1)
@@ -365,7 +367,7 @@ def _mix_shift(
     point = 100.0 * areas[:, inec].sum() / (areas[:, iv].sum() + areas[:, inec].sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         adjusted = np.where(tumour > 0, 100.0 * true_area[:, inec] / tumour, np.nan)
-    return np.asarray(adjusted - point)
+    return np.nan_to_num(adjusted - point, nan=0.0)
 
 
 def _classifier_error_rates(

@@ -175,6 +175,14 @@ def test_classifier_confusion_shift_moves_overconfident_calls_onto_the_true_rate
     assert shifted.low_percent < 50.0 < shifted.high_percent
 
 
+def test_classifier_case_with_every_tile_called_non_tumour_still_gets_an_interval() -> None:
+    # No tumour among the hard calls: no adjusted count to shift by; the tile draws remain.
+    areas = np.tile([0.2, 0.1, 0.7], (36, 1))
+    iv = necrosis_rate_interval(grid(6, 6), SIDE, areas, np.eye(3) * 50 + 1, 0)
+    assert iv is not None and iv.method == METHOD_CLASSIFIER
+    assert 0.0 <= iv.low_percent < 100 / 3 < iv.high_percent <= 100.0
+
+
 def test_classifier_uncertain_tiles_give_a_wider_interval_than_confident_ones() -> None:
     confident = calibrated_case(12, seed=5, sharpness=30.0)
     uncertain = calibrated_case(12, seed=5, sharpness=1.5)
