@@ -3,7 +3,7 @@
 Two reports:
 
 - :func:`necrosis_report`, one per case of a necrosis run: a Measurement Group (TID 1501)
-  holding the necrosis rate, the lower and upper limits of its bootstrap interval, and the
+  holding the necrosis rate, the lower and upper limits of its interval, and the
   viable / necrotic / non-tumour areas in mm²; the Huvos grade and the responder status as
   qualitative evaluations; the model (name, weights sha256) as algorithm identification
   (TID 4019) and the osteomics device as observer. When the case's slides are DICOM WSI, the

@@ -344,17 +344,17 @@ def _interval_text(run: NecrosisRun, confidence: float) -> str:
     classifier's own error too; without, tile sampling only."""
     if getattr(run, "confusion", None) is not None:
         return (
-            f"The interval is a {100 * confidence:.0f} % interval that includes the "
-            "classifier's own error: a spatial block bootstrap over the case's tiles "
-            "(neighbouring tiles are resampled together) combined with the model's "
-            "cross-validated misclassification rates (each case names its method). It assumes "
-            "those error rates hold on this case; it cannot cover a model that fails on a new "
-            "patient (see the limits below)."
+            f"The interval is a {100 * confidence:.0f} % interval of the classifier's own "
+            "error: each tile's true class is drawn from its calibrated class probabilities "
+            "(neighbouring tiles, in blocks of 3 x 3, drawn together), shifted by the class-mix "
+            "correction from the model's cross-validated misclassification rates (each case "
+            "names its method). It assumes those error rates hold on this case; it cannot cover "
+            "a model that fails on a new patient (see the limits below)."
         )
     return (
-        f"The interval is a {100 * confidence:.0f} % spatial block bootstrap over the case's "
-        "tiles: it covers which tiles were sampled, <b>not the classifier's own error</b> (the "
-        "model card has no cross-validated confusion matrix; read the model's figures below)."
+        f"The interval is a {100 * confidence:.0f} % interval of the tiles' calibrated class "
+        "probabilities only: <b>not the classifier's class-mix bias</b> (the model card has no "
+        "cross-validated confusion matrix; read the model's figures below)."
     )
 
 

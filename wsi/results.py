@@ -35,7 +35,7 @@ class NecrosisParameters:
         Thumbnail size for tissue detection; tiles per Dask task.
     bootstrap_resamples, confidence, seed, block_tiles:
         The case-rate interval (:mod:`osteomics.wsi.interval`): resamples, confidence, seed
-        and block side in tiles of the spatial block bootstrap.
+        and block side in tiles (errors of a block's tiles are drawn together).
     min_tumour_mm2:
         A case with less tumour (viable + necrotic area over its slides) is not assessable
         (see docs/necrosis.md for why this number).
@@ -186,8 +186,8 @@ class NecrosisRun:
     scheduler: str | None = None
     confusion: list[list[float]] | None = None
     """The model's cross-validated confusion in tissue-class order (viable, necrotic,
-    non-tumour; rows true, columns predicted) that the interval used; None: block bootstrap
-    only."""
+    non-tumour; rows true, columns predicted) that the interval used; None: the tiles'
+    calibrated probabilities only, without the class-mix correction."""
     derived_from: dict[str, Any] | None = None
     """For ``--from-run``: the source run folder and the SHA-256 of its run.json."""
     notes: list[str] = field(default_factory=list)

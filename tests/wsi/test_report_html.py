@@ -364,10 +364,10 @@ def test_viewer_page_of_a_hostile_slide_name_is_escaped_and_safely_named(
 
 def test_interval_wording_says_whether_the_classifiers_error_is_included(tmp_path: Path) -> None:
     run = hand_made_run(tmp_path, "s", a_case("C5"), tmp_path / "s.svs")
-    assert "<b>not the classifier's own error</b>" in report_html(run)
+    assert "<b>not the classifier's class-mix bias</b>" in report_html(run)
     run.confusion = [[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]
     text = report_html(run)
-    assert "includes the classifier's own error" in text and "not the classifier" not in text
+    assert "interval of the classifier's own error" in text and "not the classifier" not in text
 
 
 def test_a_not_assessable_slide_without_tiles_still_shows_its_thumbnail_and_viewer(
