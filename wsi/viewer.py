@@ -311,9 +311,11 @@ def viewer_html(
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
             f"<title>{esc(page.slide)}: osteomics slide viewer</title><style>",
             "html,body{margin:0;height:100%;font-family:system-ui,sans-serif}",
+            "body{display:flex;flex-direction:column}",
             "#bar{padding:6px 10px;background:#f3f3f3;border-bottom:1px solid #ccc;",
             "display:flex;flex-wrap:wrap;gap:14px;align-items:center;font-size:14px}",
-            "#osd{position:absolute;top:44px;bottom:0;left:0;right:0;background:#fff}",
+            # the viewer fills what the bar leaves, however many lines the bar wraps to
+            "#osd{flex:1;min-height:0;position:relative;background:#fff}",
             ".sw{display:inline-block;width:12px;height:12px;margin:0 4px;",
             "border:1px solid #555;vertical-align:middle}.error{color:#b00}",
             "</style></head><body>",
