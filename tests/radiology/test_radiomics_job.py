@@ -348,6 +348,7 @@ def test_of_two_mr_series_none_contoured_fails_the_job_with_the_reason(
     assert "no RTSTRUCT or SEG references the 2 MR series" in (done[0].error or "")
 
 
+@pytest.mark.slow  # 3-5 s: keeps the quick run near 3 min (CI runs it)
 def test_cli_store_input_reads_the_study_from_the_node_store(
     tmp_path: Path, sts001_study_files: list[Path], expected_ct: Expected
 ) -> None:
@@ -431,6 +432,7 @@ def test_node_serve_runs_the_radiomics_worker_on_a_quiet_study(
     _same_values(pd.read_parquet(table_path), expected_ct)
 
 
+@pytest.mark.slow  # 3-5 s: keeps the quick run near 3 min (CI runs it)
 def test_cli_on_a_study_folder_with_two_contoured_mr_series_asks_which_and_series_picks(
     tmp_path: Path, two_mr_series: dict[str, object]
 ) -> None:

@@ -149,6 +149,7 @@ def test_heatmap_and_report(case_run: NecrosisRun) -> None:
     assert "http://" not in report and "https://" not in report  # readable offline
 
 
+@pytest.mark.slow  # 3-5 s: keeps the quick run near 3 min (CI runs it)
 def test_a_failed_slide_leaves_its_case_without_a_rate(
     two_slides: list[MosaicComposition], fixtures_dir: Path, client: Any, tmp_path: Path
 ) -> None:
@@ -174,6 +175,7 @@ def test_a_failed_slide_leaves_its_case_without_a_rate(
     assert "damaged" in bad.reason
 
 
+@pytest.mark.slow  # 3-5 s: keeps the quick run near 3 min (CI runs it)
 def test_a_slide_missing_from_the_cases_file_is_an_error_row(
     two_slides: list[MosaicComposition], client: Any, tmp_path: Path
 ) -> None:
