@@ -230,19 +230,7 @@ def pull(
             outcome.warning,
         )
         moves.append((match, outcome))
-    studies = []
-    with DicomStore(config.storage, mode="read") as store:  # the serving node holds the lock
-        for match, outcome in moves:
-            summary = store.study(match.study_uid)
-            studies.append(
-                PulledStudy(
-                    match,
-                    outcome,
-                    summary.series if summary else 0,
-                    summary.instances if summary else 0,
-                )
-            )
-    return PullReport(remote.name, studies)
+    return _report(config, remote, moves, TRANSFER_C_MOVE)
 
 
 class WebConnector(Protocol):
@@ -304,6 +292,7 @@ def _report(
     moves: list[tuple[StudyMatch, MoveOutcome]],
     transfer: str,
 ) -> PullReport:
+    """What each pulled study now holds in the store (read while the node serves)."""
     studies = []
     with DicomStore(config.storage, mode="read") as store:  # the serving node holds the lock
         for match, outcome in moves:

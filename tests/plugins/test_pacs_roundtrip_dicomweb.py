@@ -8,22 +8,17 @@ round-trip time. (The DIMSE twin: test_pacs_roundtrip_dimse.py.)"""
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from pacs_helpers import OrthancWeb, free_port, osteomics_cli, start_orthanc, stop_orthanc
-from test_pacs_roundtrip_dimse import NUMBERS, dciodvfy_errors, find_series, raw
+from test_pacs_roundtrip_dimse import check_results_back, wait_for_sr_and_seg
 
 from osteomics.cli.node import job_handlers
-from osteomics.plugins.dicom_seg import read_class_map
-from osteomics.plugins.dicom_sr import read_necrosis_report
 from osteomics.radiology.config import load_node_config
-from osteomics.radiology.jobs import NECROSIS
 from osteomics.radiology.node import RunningNode, start_node
 from osteomics.radiology.pacs import send_files
 
@@ -79,50 +74,10 @@ def test_wsi_from_orthanc_over_dicomweb_scored_by_the_node_sr_and_seg_stowed_bac
     assert "WADO-RS + C-STORE to the node" in done.stdout
     pulled = time.monotonic()
 
-    deadline = time.monotonic() + 300
-    while True:
-        sr_ids = find_series(server, study_uid, "SR")
-        seg_ids = find_series(server, study_uid, "SEG")
-        if sr_ids and seg_ids:
-            break
-        jobs = node.jobs.jobs(study_uid=study_uid, kind=NECROSIS)
-        if jobs and jobs[-1].state == "failed":
-            pytest.fail(f"necrosis job failed: {jobs[-1].error}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"SR/SEG not in Orthanc after 300 s; jobs: {jobs}")
-        time.sleep(0.5)
+    sr_ids, seg_ids = wait_for_sr_and_seg(server, node, study_uid)
     back = time.monotonic()
     print(
         f"\nDICOMweb round trip: pull {pulled - started:.1f} s, pull -> SR + SEG back in "
         f"Orthanc {back - started:.1f} s"
     )
-    for _ in range(50):  # the job is marked done right after the send returns
-        (job,) = node.jobs.jobs(study_uid=study_uid, kind=NECROSIS)
-        if job.state == "done":
-            break
-        time.sleep(0.1)
-    assert job.state == "done", job.error
-
-    run_dir = node.config.storage / "results" / "necrosis" / study_uid
-    (sr_id,), (seg_id,) = sr_ids, seg_ids
-    sr_path, seg_path = tmp_path / "sr.dcm", tmp_path / "seg.dcm"
-    sr_path.write_bytes(raw(server, f"/instances/{sr_id}/file"))
-    seg_path.write_bytes(raw(server, f"/instances/{seg_id}/file"))
-    sr, seg = pydicom.dcmread(sr_path), pydicom.dcmread(seg_path)
-    for ds in (sr, seg):
-        assert ds.StudyInstanceUID == study_uid and ds.PatientID == slide.PatientID
-
-    numbers = read_necrosis_report(sr)
-    with open(run_dir / "necrosis_cases.csv", newline="") as fh:
-        (row,) = [r for r in csv.DictReader(fh) if r["case"] == study_uid]
-    for key in NUMBERS:
-        assert numbers[key] == pytest.approx(float(row[key]), abs=5e-5), key
-    assert (numbers["huvos_grade"], numbers["responder"]) == (row["huvos_grade"], row["responder"])
-
-    (local_seg,) = (run_dir / "dicom").glob("*.seg.dcm")
-    labels = read_class_map(seg)
-    np.testing.assert_array_equal(labels, read_class_map(pydicom.dcmread(local_seg)))
-    assert set(np.unique(labels)) == {0, 1, 2, 3}
-
-    for path in (sr_path, seg_path):
-        assert dciodvfy_errors(path) == [], path.name
+    check_results_back(server, node, slide, (sr_ids, seg_ids), tmp_path)

@@ -90,23 +90,11 @@ def find_series(server: OrthancWeb, study_uid: str, modality: str) -> list[str]:
     return list(found)
 
 
-@pytest.mark.slow
-def test_wsi_from_orthanc_scored_by_the_node_sr_and_seg_back_in_orthanc(
-    node_and_orthanc: tuple[RunningNode, OrthancWeb, Path], he_dicom_wsi: Path, tmp_path: Path
-) -> None:
-    node, server, toml = node_and_orthanc
-    (slide_file,) = he_dicom_wsi.glob("*.dcm")
-    slide = pydicom.dcmread(slide_file, stop_before_pixels=True)
-    study_uid = str(slide.StudyInstanceUID)
-    server.rest("POST", "/instances", slide_file.read_bytes())
-
-    started = time.monotonic()
-    done = osteomics_cli(
-        "node", "pull", "--config", toml, "--from", "orthanc", "--study-uid", study_uid
-    )
-    assert done.returncode == 0, done.stderr
-    pulled = time.monotonic()
-
+def wait_for_sr_and_seg(
+    server: OrthancWeb, node: RunningNode, study_uid: str
+) -> tuple[list[str], list[str]]:
+    """Orthanc ids of the SR and SEG series the node's necrosis job sent back; fails the test
+    when the job fails or nothing arrives within 300 s."""
     deadline = time.monotonic() + 300
     while True:
         sr_ids = find_series(server, study_uid, "SR")
@@ -119,11 +107,20 @@ def test_wsi_from_orthanc_scored_by_the_node_sr_and_seg_back_in_orthanc(
         if time.monotonic() > deadline:
             pytest.fail(f"SR/SEG not in Orthanc after 300 s; jobs: {jobs}")
         time.sleep(0.5)
-    back = time.monotonic()
-    print(
-        f"\nDIMSE round trip: pull {pulled - started:.1f} s, pull -> SR + SEG back in Orthanc "
-        f"{back - started:.1f} s"
-    )
+    return sr_ids, seg_ids
+
+
+def check_results_back(
+    server: OrthancWeb,
+    node: RunningNode,
+    slide: pydicom.Dataset,
+    ids: tuple[list[str], list[str]],
+    tmp_path: Path,
+) -> None:
+    """The SR and SEG in Orthanc are the run's: same study and patient as the slide, the SR's
+    numbers = necrosis_cases.csv, the SEG's class map = the local SEG's, dciodvfy clean."""
+    study_uid = str(slide.StudyInstanceUID)
+    sr_ids, seg_ids = ids
     for _ in range(50):  # the job is marked done right after the send returns
         (job,) = node.jobs.jobs(study_uid=study_uid, kind=NECROSIS)
         if job.state == "done":
@@ -155,3 +152,29 @@ def test_wsi_from_orthanc_scored_by_the_node_sr_and_seg_back_in_orthanc(
 
     for path in (sr_path, seg_path):
         assert dciodvfy_errors(path) == [], path.name
+
+
+@pytest.mark.slow
+def test_wsi_from_orthanc_scored_by_the_node_sr_and_seg_back_in_orthanc(
+    node_and_orthanc: tuple[RunningNode, OrthancWeb, Path], he_dicom_wsi: Path, tmp_path: Path
+) -> None:
+    node, server, toml = node_and_orthanc
+    (slide_file,) = he_dicom_wsi.glob("*.dcm")
+    slide = pydicom.dcmread(slide_file, stop_before_pixels=True)
+    study_uid = str(slide.StudyInstanceUID)
+    server.rest("POST", "/instances", slide_file.read_bytes())
+
+    started = time.monotonic()
+    done = osteomics_cli(
+        "node", "pull", "--config", toml, "--from", "orthanc", "--study-uid", study_uid
+    )
+    assert done.returncode == 0, done.stderr
+    pulled = time.monotonic()
+
+    sr_ids, seg_ids = wait_for_sr_and_seg(server, node, study_uid)
+    back = time.monotonic()
+    print(
+        f"\nDIMSE round trip: pull {pulled - started:.1f} s, pull -> SR + SEG back in Orthanc "
+        f"{back - started:.1f} s"
+    )
+    check_results_back(server, node, slide, (sr_ids, seg_ids), tmp_path)
